@@ -1,0 +1,172 @@
+"""The contract every attack of bnnrobust follows.
+
+An attack maps a model (any ``nn.Module`` taking images in [0, 1] and returning logits),
+a batch of images ``x`` (B, C, H, W) in [0, 1] and integer labels ``y`` (B,) to adversarial
+images ``x_adv`` of the same shape. Attacks know nothing of Lightning.
+
+Every attack, through :meth:`Attack.perturb`:
+
+* checks its inputs (images inside [0, 1], labels inside the number of classes read
+  from the logits) and fails with a message naming the bad value;
+* runs under ``torch.enable_grad()`` (so it works inside ``torch.no_grad()`` and in
+  Lightning's validation/test loops with ``inference_mode=False``);
+* puts the model in eval mode for the attack and afterwards restores every submodule's
+  own ``training`` flag (see :func:`eval_mode`);
+* optionally swaps the backward of sign activations for an attack-time surrogate
+  gradient (see :mod:`bnnrobust.attacks.surrogates`); the forward pass is untouched;
+* takes device and dtype from the input at call time, never at construction;
+* takes gradients with respect to the input only (``torch.autograd.grad``), so the
+  parameters' ``.grad`` are left exactly as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+from torch import Tensor, nn
+
+
+class Norm(str, Enum):
+    """Threat models: the norm that bounds the perturbation."""
+
+    LINF = "linf"
+    L2 = "l2"
+
+    @classmethod
+    def parse(cls, value: str | Norm) -> Norm:
+        try:
+            return cls(value.lower() if isinstance(value, str) else value)
+        except ValueError:
+            accepted = ", ".join(repr(n.value) for n in cls)
+            raise ValueError(f"Unknown norm {value!r}; accepted: {accepted}.") from None
+
+
+@dataclass
+class AttackOutput:
+    """What an attack run returns.
+
+    Attributes:
+        x_adv: adversarial images, same shape, dtype and device as the input, in [0, 1].
+        info: per-sample extras keyed by name, each a tensor of shape (B,) on the input's
+            device, e.g. ``"beta"`` (the temperature used for each sample by a ++ attack),
+            ``"loss"`` (final loss per sample). May be empty.
+    """
+
+    x_adv: Tensor
+    info: dict[str, Tensor] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode and restore each submodule's own flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def check_inputs(x: Tensor, y: Tensor) -> None:
+    """Validate an attack's inputs: float images in [0, 1], integer labels of shape (B,)."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"Attack input x must be a floating point tensor, got {type(x).__name__}"
+                        f"{'' if not torch.is_tensor(x) else ' of dtype ' + str(x.dtype)}.")
+    if x.dim() < 2:
+        raise ValueError(f"Attack input x must have a batch dimension, got shape {tuple(x.shape)}.")
+    if x.numel() > 0:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0 or not (lo == lo and hi == hi):
+            raise ValueError(
+                f"Attack inputs must be images in [0, 1] pixel units (normalization belongs inside "
+                f"the model), got values in [{lo:.4g}, {hi:.4g}]."
+            )
+    if not torch.is_tensor(y) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"Attack labels y must be an integer tensor, got {getattr(y, 'dtype', type(y))}.")
+    if y.shape != x.shape[:1]:
+        raise ValueError(f"Labels y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}.")
+
+
+def check_labels(logits: Tensor, y: Tensor) -> None:
+    """Labels must lie in [0, d) where d is read from the logits (never a default of 10)."""
+    d = logits.shape[-1]
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= d):
+        raise ValueError(
+            f"Labels must lie in [0, {d - 1}] for a model with {d} classes, "
+            f"got values in [{int(y.min())}, {int(y.max())}]."
+        )
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Raise a clear ValueError unless ``value`` > 0 (or >= 0 with ``allow_zero``)."""
+    bad = value < 0 if allow_zero else value <= 0
+    if bad or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}.")
+
+
+class Attack(ABC):
+    """Base class: subclasses implement :meth:`_perturb`; users call the instance.
+
+    Args:
+        surrogate: attack-time backward for sign activations (``None`` keeps the
+            model's training straight-through estimator). See
+            :mod:`bnnrobust.attacks.surrogates` for the accepted names.
+        seed: seed of the attack's own random generator (random starts, Square's
+            proposals). ``None`` draws from torch's global generator.
+    """
+
+    #: short name used in tables and logs; subclasses override
+    name: str = "attack"
+
+    def __init__(self, surrogate: str | None = None, seed: int | None = None) -> None:
+        if surrogate is not None:
+            from bnnrobust.attacks.surrogates import check_surrogate_name
+
+            check_surrogate_name(surrogate)
+        self.surrogate = surrogate
+        self.seed = seed
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return self.perturb(model, x, y).x_adv
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackOutput:
+        """Run the attack with all the guarantees listed in the module docstring."""
+        check_inputs(x, y)
+        x = x.detach()
+        y = y.detach().long()
+        if x.shape[0] == 0:
+            return AttackOutput(x.clone())
+        from bnnrobust.attacks.surrogates import use_surrogate
+
+        with eval_mode(model), torch.enable_grad(), use_surrogate(model, self.surrogate):
+            out = self._perturb(model, x, y, self._generator(x.device))
+        out.x_adv = out.x_adv.detach()
+        return out
+
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        g = torch.Generator(device=device)
+        g.manual_seed(int(self.seed))
+        return g
+
+    @abstractmethod
+    def _perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None
+    ) -> AttackOutput:
+        """Attack a validated batch; the model is already in eval mode with grad enabled."""
+
+    def describe(self) -> dict[str, object]:
+        """JSON-serializable description (name, eps, norm, steps, surrogate, ...)."""
+        return {"name": self.name, "surrogate": self.surrogate or "training", "seed": self.seed}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
+        return f"{type(self).__name__}({args})"

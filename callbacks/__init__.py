@@ -1,0 +1,1 @@
+"""Lightning callbacks of bnnrobust (configs refer to them by class path)."""
