@@ -1,0 +1,468 @@
+"""Temperature scaling of the logits for gradient attacks (PGD++ / FGSM++ / APGD++).
+
+A gradient attack on a binary network often sees all-zero input gradients: the softmax
+saturates (``p_y = 1`` in floating point), so the error signal ``ψ = p − onehot(y)``
+vanishes. Scaling the logits by a temperature ``β > 0`` leaves every decision unchanged
+(argmax is invariant) but can bring the softmax back into its sensitive range. Notation
+(see ``algorithms.md``): ``f(x)`` logits (d classes), ``J = ∂f/∂x`` (d × N),
+``p(β) = softmax(β f)``, ``S(β) = diag(p) − p pᵀ``.
+
+Rules (one class each, all reusable by any gradient attack through the same two calls):
+
+* :class:`FixedTemperature` — a given β for every sample and step.
+* :class:`NJS` (Network Jacobian Scaling) — ``β1 = 1 / μ`` with μ the mean of all singular
+  values of ``J(x_i)`` over the first ``n_jsv`` clean samples (model in eval mode). At every
+  step and per sample, with ``z = β1 f(x_t)``, ``p = softmax(z)``, ``γ = max(z) − min(z)``:
+  if ``p_y > 1 − ρ`` then ``z ← β2 z`` with ``β2 = −log(ρ / ((d−1)(1−ρ))) / γ`` (a constant,
+  no gradient), else ``β2 = 1``. By Proposition 1 this bound is the largest temperature that
+  keeps ``1 − p_y`` near ρ. ``γ = 0`` (all logits equal) gives ``β2 = 1``.
+* :class:`HNS` (Hessian Norm Scaling) — per sample, once at the random-start point:
+  ``γ = z_top1 − z_top2`` of the unscaled logits, ``β(ε) = −log(ε / ((1−ε)(d−1))) / γ``, a grid
+  of ``n_grid`` β linearly spaced from ``β(1 − 1/d − 0.01)`` to ``β(eps_min = 1e−72)``, each
+  scored by ``‖H(β)‖_F`` with ``H(β) = β² Jᵀ S(β) J`` (exact for piecewise-linear nets), and
+  ``β* = argmax``. Fallback ``β* = 1`` for misclassified samples, ties (``γ = 0``), an argmax
+  at the first or last grid point, and non-finite scores. The norm uses the d×d Gram matrix
+  ``G = J Jᵀ``: ``‖Jᵀ S J‖_F² = tr(S G S G)`` — no N×N matrix is ever formed.
+
+Protocol used by the attacks::
+
+    t.prepare(model, x_clean)            # optional, once per call (NJS calibrates on clean x)
+    state = t.start(model, x_start, y)   # once per run/restart, at the random-start point
+    scaled, beta = t.scale(model(x_t), y, state)   # every step; loss on ``scaled``
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from bnnrobust.attacks.base import check_labels, check_positive, eval_mode
+from bnnrobust.attacks.jacobian import (
+    gram_from_jacobian,
+    input_jacobian_and_logits,
+    singular_values_from_gram,
+)
+
+__all__ = [
+    "HNS",
+    "NJS",
+    "FixedTemperature",
+    "Temperature",
+    "TemperatureState",
+    "hessian_norm",
+    "hns_beta_from_gram",
+    "hns_temperature",
+    "make_temperature",
+    "njs_beta2",
+    "njs_temperature",
+]
+
+
+@dataclass
+class TemperatureState:
+    """What :meth:`Temperature.start` hands to :meth:`Temperature.scale` for one run.
+
+    Attributes:
+        beta: (B,) base temperature per sample (fixed β, NJS's β1, HNS's β*), float32/64.
+        info: optional per-sample extras, e.g. HNS's ``"hns_fallback"`` (bool, (B,)).
+    """
+
+    beta: Tensor
+    info: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Temperature(ABC):
+    """A rule that scales the logits before the attack loss. See the module docstring."""
+
+    #: short name used in attack names (``"pgd++" + name``)
+    name: str = "temperature"
+
+    def prepare(self, model: nn.Module, x_clean: Tensor) -> None:  # noqa: B027 - optional hook
+        """Optional hook on the clean batch, once per attack call (default: nothing)."""
+
+    @abstractmethod
+    def start(self, model: nn.Module, x: Tensor, y: Tensor) -> TemperatureState:
+        """Once per attack run (restart), at the random-start point ``x``; model in eval mode."""
+
+    def scale(self, logits: Tensor, y: Tensor, state: TemperatureState) -> tuple[Tensor, Tensor]:
+        """Return ``(β·logits, β)`` with β (B,) detached; gradients flow through ``logits`` only."""
+        beta = state.beta.to(device=logits.device)
+        return logits * beta.to(logits.dtype)[:, None], beta.detach()
+
+    def describe(self) -> dict[str, object]:
+        """JSON-serializable description."""
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class FixedTemperature(Temperature):
+    """The same temperature ``beta > 0`` for every sample and step."""
+
+    def __init__(self, beta: float) -> None:
+        if isinstance(beta, bool) or not isinstance(beta, int | float):
+            raise TypeError(f"FixedTemperature needs a number beta > 0, got {beta!r}.")
+        check_positive("Temperature beta", float(beta))
+        if not math.isfinite(beta):
+            raise ValueError(f"Temperature beta must be finite, got {beta!r}.")
+        self.beta = float(beta)
+        self.name = f"beta{self.beta:g}"
+
+    def start(self, model: nn.Module, x: Tensor, y: Tensor) -> TemperatureState:
+        return TemperatureState(torch.full((x.shape[0],), self.beta, device=x.device))
+
+    def describe(self) -> dict[str, object]:
+        return {"name": "fixed", "beta": self.beta}
+
+
+# ----------------------------------------------------------------------------- NJS
+
+
+def _check_n(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return value
+
+
+def njs_temperature(
+    model: nn.Module, x_ref: Tensor, n_jsv: int = 100, *, chunk_size: int = 32
+) -> float:
+    """NJS's ``β1 = 1 / μ``, μ the mean singular value of ``J(x_i)`` over ``x_ref[:n_jsv]``.
+
+    The model is put in eval mode for the computation (each submodule's flag is restored).
+    All ``min(d, N)`` singular values of every sample are averaged. A model whose Jacobian is
+    zero everywhere on ``x_ref`` gives β1 = 1 (with a warning): no scaling can help it.
+    """
+    _check_n("n_jsv", n_jsv)
+    if x_ref.shape[0] == 0:
+        raise ValueError("njs_temperature needs at least one reference sample, got an empty batch.")
+    x_ref = x_ref[:n_jsv].detach()
+    with eval_mode(model):
+        jac, _ = input_jacobian_and_logits(model, x_ref, chunk_size=chunk_size)
+    sv = singular_values_from_gram(gram_from_jacobian(jac), jac.shape[-1])
+    mu = float(sv.mean())
+    if not math.isfinite(mu):
+        raise ValueError(
+            f"NJS: the mean Jacobian singular value of {type(model).__name__} is {mu}; "
+            "the model produces non-finite gradients."
+        )
+    if mu <= 0.0:
+        warnings.warn(
+            f"NJS: the input Jacobian of {type(model).__name__} is zero on all {x_ref.shape[0]} "
+            "reference samples; using beta1 = 1.",
+            stacklevel=2,
+        )
+        return 1.0
+    return 1.0 / mu
+
+
+def njs_bound(d: int, rho: float) -> float:
+    """Proposition 1: ``−log(ρ / ((d−1)(1−ρ)))`` (to be divided by γ = a1 − ad)."""
+    if d < 2:
+        raise ValueError(f"Temperature scaling needs at least 2 classes, the model has d={d}.")
+    ratio = rho / ((d - 1) * (1.0 - rho))
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(
+            f"NJS rho must satisfy 0 < rho < (d-1)/d = {(d - 1) / d:.4g} for d={d}, got {rho!r}."
+        )
+    return -math.log(ratio)
+
+
+def njs_beta2(z: Tensor, y: Tensor, rho: float = 0.01) -> Tensor:
+    """NJS's per-step ``β2`` (B,) for already β1-scaled logits ``z`` (B, d); no gradient.
+
+    ``β2 = −log(ρ / ((d−1)(1−ρ))) / γ`` with ``γ = max(z) − min(z)`` where ``p_y > 1 − ρ``,
+    else 1. ``γ = 0`` or non-finite logits give 1 (never NaN/inf).
+    """
+    with torch.no_grad():
+        zf = z.detach().double()
+        bound = njs_bound(zf.shape[1], rho)
+        p_y = torch.softmax(zf, dim=1).gather(1, y.long()[:, None]).squeeze(1)
+        gamma = zf.amax(dim=1) - zf.amin(dim=1)
+        ok = (p_y > 1.0 - rho) & (gamma > 0) & torch.isfinite(gamma)
+        beta2 = torch.where(ok, bound / torch.where(ok, gamma, torch.ones_like(gamma)), 1.0)
+        beta2 = torch.where(torch.isfinite(beta2) & (beta2 > 0), beta2, torch.ones_like(beta2))
+    return beta2.to(torch.float32 if z.dtype in (torch.float16, torch.bfloat16) else z.dtype)
+
+
+class NJS(Temperature):
+    """Network Jacobian Scaling (paper §5.1): β1 from Jacobian singular values, β2 per step.
+
+    Args:
+        n_jsv: number of clean samples whose Jacobian singular values define β1.
+        rho: lower bound on ``1 − p_y`` targeted by β2 (0 < ρ < (d−1)/d).
+        chunk_size: samples per Jacobian forward (memory ∝ ``chunk_size * d``).
+
+    β1 is found once and remembered. :meth:`calibrate` sets it explicitly (e.g. on the first
+    ``n_jsv`` samples of the evaluation set) and it then stays fixed until :meth:`reset`.
+    Without calibration, the first attack call calibrates on the first ``n_jsv`` samples of
+    its clean batch (:meth:`prepare`; or, if an attack does not call ``prepare``, of the
+    random-start batch in :meth:`start`) and remembers it for that model; it is recomputed
+    automatically when the attack meets a different model or the model's parameters or
+    buffers were modified in place since (e.g. by an optimizer step).
+    """
+
+    name = "njs"
+
+    def __init__(self, n_jsv: int = 100, rho: float = 0.01, *, chunk_size: int = 32) -> None:
+        self.n_jsv = _check_n("n_jsv", n_jsv)
+        if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0.0 < rho < 0.5:
+            raise ValueError(f"NJS rho must be a number in (0, 0.5), got {rho!r}.")
+        self.rho = float(rho)
+        self.chunk_size = _check_n("chunk_size", chunk_size)
+        self.beta1: float | None = None
+        self._auto_model: weakref.ref[nn.Module] | None = None
+        self._auto_key: tuple[int, ...] | None = None
+
+    def calibrate(self, model: nn.Module, x_ref: Tensor) -> float:
+        """Set β1 from ``x_ref[:n_jsv]`` (clean samples); kept until :meth:`reset`."""
+        self.beta1 = njs_temperature(model, x_ref, self.n_jsv, chunk_size=self.chunk_size)
+        self._auto_model = None
+        self._auto_key = None
+        return self.beta1
+
+    def reset(self) -> None:
+        """Forget β1 (the next attack call calibrates again)."""
+        self.beta1 = None
+        self._auto_model = None
+        self._auto_key = None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.beta1 is not None
+
+    def _ensure_calibrated(self, model: nn.Module, x: Tensor) -> None:
+        if self.beta1 is not None:
+            if self._auto_model is None:  # explicit calibration: keep
+                return
+            if self._auto_model() is model and self._auto_key == _param_versions(model):
+                return
+        self.beta1 = njs_temperature(model, x, self.n_jsv, chunk_size=self.chunk_size)
+        self._auto_model = weakref.ref(model)
+        self._auto_key = _param_versions(model)
+
+    def prepare(self, model: nn.Module, x_clean: Tensor) -> None:
+        self._ensure_calibrated(model, x_clean)
+
+    def start(self, model: nn.Module, x: Tensor, y: Tensor) -> TemperatureState:
+        self._ensure_calibrated(model, x)
+        assert self.beta1 is not None
+        return TemperatureState(torch.full((x.shape[0],), self.beta1, device=x.device))
+
+    def scale(self, logits: Tensor, y: Tensor, state: TemperatureState) -> tuple[Tensor, Tensor]:
+        beta1 = state.beta.to(device=logits.device)
+        z = logits * beta1.to(logits.dtype)[:, None]
+        beta2 = njs_beta2(z, y, self.rho)
+        return z * beta2.to(z.dtype)[:, None], (beta1 * beta2.to(beta1.dtype)).detach()
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "n_jsv": self.n_jsv, "rho": self.rho, "beta1": self.beta1}
+
+
+def _param_versions(model: nn.Module) -> tuple[int, ...]:
+    """In-place modification counters of all parameters and buffers (cheap staleness check)."""
+    versions = []
+    for t in [*model.parameters(), *model.buffers()]:
+        try:
+            versions.append(int(t._version))
+        except RuntimeError:  # inference tensors have no version counter
+            versions.append(-1)
+    return tuple(versions)
+
+
+# ----------------------------------------------------------------------------- HNS
+
+
+def _tr_sgsg(gram: Tensor, p: Tensor) -> Tensor:
+    """``tr(S G S G)`` for ``S = diag(p) − p pᵀ``, batched over a grid, in O(d²) per point.
+
+    ``gram`` (B, d, d) symmetric, ``p`` (B, K, d) → (B, K). Expanding S:
+    ``tr(SGSG) = pᵀ(G∘G)p − 2 Σ_k p_k (Gp)_k² + (pᵀGp)²``; clamped at 0 (it is ≥ 0).
+    """
+    gp = p @ gram  # (B, K, d): (G p)ᵀ since G is symmetric
+    t1 = ((p @ (gram * gram)) * p).sum(-1)
+    t2 = (p * gp * gp).sum(-1)
+    t3 = (p * gp).sum(-1) ** 2
+    return (t1 - 2.0 * t2 + t3).clamp_min(0.0)
+
+
+def hessian_norm(
+    jac: Tensor, logits: Tensor, beta: Tensor | float, *, is_gram: bool = False
+) -> Tensor:
+    """``‖β² Jᵀ S(β) J‖_F`` per sample (and per β), via ``tr(S G S G)`` with ``G = J Jᵀ``.
+
+    This is the Frobenius norm of the input Hessian of ``CE(β f(x), y)`` for a
+    piecewise-linear network (where ``∂J/∂x = 0``); it does not depend on y.
+
+    Args:
+        jac: (B, d, N) Jacobians, or (B, d, d) Gram matrices ``J Jᵀ`` with ``is_gram=True``.
+        logits: (B, d) unscaled logits at the same point.
+        beta: a float, (B,) or (B, K) temperatures.
+
+    Returns:
+        float64 tensor shaped like ``beta`` broadcast to (B,) or (B, K).
+    """
+    gram = jac.double() if is_gram else gram_from_jacobian(jac)
+    z = logits.detach().double()
+    b = torch.as_tensor(beta, dtype=torch.float64, device=z.device)
+    squeeze = b.dim() <= 1
+    if b.dim() == 0:
+        b = b.expand(z.shape[0])
+    if b.dim() == 1:
+        b = b[:, None]
+    p = torch.softmax(b[..., None] * z[:, None, :], dim=-1)  # (B, K, d)
+    out = b * b * _tr_sgsg(gram, p).sqrt()
+    return out[:, 0] if squeeze else out
+
+
+def hns_grid(gamma: Tensor, d: int, n_grid: int = 100, eps_min: float = 1e-72) -> Tensor:
+    """The HNS β grid (B, n_grid), linear in β from ``β(1 − 1/d − 0.01)`` to ``β(eps_min)``.
+
+    ``β(ε) = −log(ε / ((1−ε)(d−1))) / γ``. Entries for γ ≤ 0 are meaningless (callers fall back).
+    """
+    eps_max = 1.0 - 1.0 / d - 0.01
+    if not 0.0 < eps_min < eps_max:
+        raise ValueError(f"HNS eps_min must lie in (0, {eps_max:.4g}) for d={d}, got {eps_min!r}.")
+
+    def c(eps: float) -> float:
+        return -math.log(eps / ((1.0 - eps) * (d - 1)))
+
+    t = torch.linspace(0.0, 1.0, n_grid, dtype=torch.float64, device=gamma.device)
+    cs = c(eps_max) + t * (c(eps_min) - c(eps_max))
+    g = torch.where(gamma > 0, gamma.double(), torch.ones_like(gamma, dtype=torch.float64))
+    return cs[None, :] / g[:, None]
+
+
+def hns_beta_from_gram(
+    gram: Tensor, logits: Tensor, y: Tensor, n_grid: int = 100, eps_min: float = 1e-72
+) -> tuple[Tensor, Tensor]:
+    """HNS's β* (B,) float64 and a fallback mask (B,) from Gram matrices and logits.
+
+    Fully vectorized over batch and grid (memory O(B · n_grid · d)).
+    """
+    _check_n("n_grid", n_grid)
+    if n_grid < 3:
+        raise ValueError(f"HNS n_grid must be >= 3 (edges fall back to beta=1), got {n_grid}.")
+    z = logits.detach().double()
+    d = z.shape[1]
+    if d < 2:
+        raise ValueError(f"Temperature scaling needs at least 2 classes, the model has d={d}.")
+    top2 = z.topk(2, dim=1).values
+    gamma = top2[:, 0] - top2[:, 1]
+    betas = hns_grid(gamma, d, n_grid, eps_min)  # (B, K)
+    scores = hessian_norm(gram, z, betas, is_gram=True)  # (B, K)
+    finite = torch.isfinite(scores).all(dim=1)
+    idx = torch.nan_to_num(scores, nan=-1.0, posinf=-1.0).argmax(dim=1)
+    beta_star = betas.gather(1, idx[:, None]).squeeze(1)
+    correct = z.argmax(dim=1) == y.to(z.device).long()
+    fallback = (
+        ~correct
+        | ~(gamma > 0)
+        | ~torch.isfinite(gamma)
+        | ~finite
+        | (idx == 0)
+        | (idx == n_grid - 1)
+        | ~torch.isfinite(beta_star)
+    )
+    return torch.where(fallback, torch.ones_like(beta_star), beta_star), fallback
+
+
+def hns_temperature(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    n_grid: int = 100,
+    *,
+    eps_min: float = 1e-72,
+    chunk_size: int = 32,
+) -> Tensor:
+    """HNS's β* per sample at ``x`` (B,), in ``x``'s dtype. Model put in eval mode meanwhile.
+
+    One batched Jacobian (one forward of ``x`` repeated d times, one backward per chunk),
+    then the vectorized grid search of :func:`hns_beta_from_gram`.
+    """
+    return _hns(model, x, y, n_grid, eps_min, chunk_size)[0].to(x.dtype)
+
+
+def _hns(
+    model: nn.Module, x: Tensor, y: Tensor, n_grid: int, eps_min: float, chunk_size: int
+) -> tuple[Tensor, Tensor]:
+    if x.shape[0] == 0:
+        empty = x.new_zeros((0,), dtype=torch.float64)
+        return empty, empty.bool()
+    with eval_mode(model):
+        jac, logits = input_jacobian_and_logits(model, x.detach(), chunk_size=chunk_size)
+    check_labels(logits, y)
+    return hns_beta_from_gram(gram_from_jacobian(jac), logits, y, n_grid, eps_min)
+
+
+class HNS(Temperature):
+    """Hessian Norm Scaling (paper §5.2): β* per sample at the start point, fixed for the run.
+
+    Args:
+        n_grid: number of β grid points (linear in β).
+        eps_min: the smallest ``ε = 1 − p_y`` of the grid (its largest β).
+        chunk_size: samples per Jacobian forward (memory ∝ ``chunk_size * d``).
+    """
+
+    name = "hns"
+
+    def __init__(self, n_grid: int = 100, eps_min: float = 1e-72, *, chunk_size: int = 32) -> None:
+        self.n_grid = _check_n("n_grid", n_grid)
+        if self.n_grid < 3:
+            raise ValueError(f"HNS n_grid must be >= 3, got {n_grid}.")
+        if not isinstance(eps_min, int | float) or not 0.0 < eps_min < 0.49:
+            raise ValueError(f"HNS eps_min must be a number in (0, 0.49), got {eps_min!r}.")
+        self.eps_min = float(eps_min)
+        self.chunk_size = _check_n("chunk_size", chunk_size)
+
+    def start(self, model: nn.Module, x: Tensor, y: Tensor) -> TemperatureState:
+        beta, fallback = _hns(model, x, y, self.n_grid, self.eps_min, self.chunk_size)
+        return TemperatureState(beta.to(torch.float32), {"hns_fallback": fallback})
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "n_grid": self.n_grid, "eps_min": self.eps_min}
+
+
+# ----------------------------------------------------------------------------- factory
+
+_NAMED = {"njs": NJS, "hns": HNS}
+
+
+def make_temperature(spec: None | float | int | str | Temperature) -> Temperature | None:
+    """Build a temperature rule from a spec.
+
+    Accepted: ``None`` or ``"none"`` (no scaling), a number ``> 0`` or a numeric string
+    (``2.5``, ``"2.5"``: :class:`FixedTemperature`), ``"njs"``, ``"hns"`` (defaults), or a
+    :class:`Temperature` instance (returned as is).
+    """
+    accepted = "None, a number > 0 (fixed beta), 'njs', 'hns', or a Temperature instance"
+    if spec is None or isinstance(spec, Temperature):
+        return spec
+    if isinstance(spec, bool):
+        raise ValueError(f"Unknown temperature {spec!r}; accepted: {accepted}.")
+    if isinstance(spec, int | float):
+        if not spec > 0 or not math.isfinite(spec):
+            raise ValueError(f"A fixed temperature must be a finite number > 0, got {spec!r}.")
+        return FixedTemperature(float(spec))
+    if isinstance(spec, str):
+        key = spec.strip().lower()
+        if key in ("none", ""):
+            return None
+        if key in _NAMED:
+            return _NAMED[key]()
+        try:
+            value = float(key)
+        except ValueError:
+            pass
+        else:
+            return make_temperature(value)
+    raise ValueError(f"Unknown temperature {spec!r}; accepted: {accepted}.")
