@@ -1,0 +1,117 @@
+"""The one place bnnrobust's command line is built.
+
+``python -m bnnrobust {fit,validate,test} --config X.yaml`` is LightningCLI;
+``python train.py --config X.yaml`` fits and then tests the best checkpoint with the same
+configs. Shared behaviour:
+
+* the system (``model:``) and data module (``data:``) are chosen by ``class_path``;
+* ``num_classes``/``in_channels`` of the network, normalization statistics and the dataset
+  name for attack presets are linked from the data module, so configs never repeat them;
+* ``Trainer(inference_mode=False)`` (attacks need gradients in validate/test), a
+  TensorBoard logger under ``logs/<run name>/version_N`` with the resolved config saved next to
+  the events, and checkpoints (best by ``val/clean_acc`` and ``last``) in
+  ``logs/<run name>/checkpoints`` so that ``--ckpt_path last`` resumes a killed run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from bnnrobust.data.base import ImageDataModule
+from bnnrobust.systems.classifier import ImageClassifier
+
+DEFAULT_LOG_DIR = "logs"
+
+
+def _run_name(config_paths: list[str]) -> str:
+    if config_paths:
+        return Path(str(config_paths[-1])).stem
+    return "default"
+
+
+class BNNRobustCLI(LightningCLI):
+    """LightningCLI with bnnrobust's links and defaults (see module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("auto_configure_optimizers", False)
+        trainer_defaults = {
+            "inference_mode": False,
+            "log_every_n_steps": 20,
+        }
+        trainer_defaults.update(kwargs.pop("trainer_defaults", None) or {})
+        super().__init__(ImageClassifier, ImageDataModule, *args,
+                         trainer_defaults=trainer_defaults, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/clean_acc",
+            "checkpoint.mode": "max",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-epoch{epoch}-step{step}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="Name of the run folder under the log directory "
+                                 "(default: the config file's name).")
+        parser.add_argument("--log_dir", type=str, default=DEFAULT_LOG_DIR,
+                            help="Root folder of TensorBoard logs and checkpoints.")
+        for source, target in (
+            ("data.num_classes", "model.init_args.num_classes"),
+            ("data.mean", "model.init_args.mean"),
+            ("data.std", "model.init_args.std"),
+            ("data.dataset_name", "model.init_args.attack_dataset"),
+            ("data.num_classes", "model.init_args.model.init_args.num_classes"),
+            ("data.in_channels", "model.init_args.model.init_args.in_channels"),
+        ):
+            parser.link_arguments(source, target, apply_on="instantiate")
+
+    # -- run folder, logger and checkpoint location ------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        name = cfg.get("run_name") or _run_name([str(p) for p in (cfg.get("config") or [])])
+        log_dir = Path(cfg.get("log_dir") or DEFAULT_LOG_DIR)
+        _check_writable(log_dir)
+        trainer_cfg = cfg["trainer"]
+        if trainer_cfg.get("logger") in (None, True):
+            trainer_cfg["logger"] = {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(log_dir), "name": name},
+            }
+        if cfg["checkpoint"].get("dirpath") is None:
+            cfg["checkpoint"]["dirpath"] = str(log_dir / name / "checkpoints")
+        if trainer_cfg.get("default_root_dir") is None:
+            trainer_cfg["default_root_dir"] = str(log_dir / name)
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise SystemExit(
+            f"error: the log directory {str(path)!r} is not writable ({err.strerror}). "
+            "Choose another with --log_dir PATH."
+        ) from None
+
+
+def main(args: list[str] | None = None) -> None:
+    """``python -m bnnrobust {fit,validate,test,...}``."""
+    torch.set_float32_matmul_precision("high")
+    BNNRobustCLI(args=args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,79 @@
+"""``train.py``: fit, then test the best checkpoint, then print a summary.
+
+Shares :class:`bnnrobust.cli.BNNRobustCLI` (and so every config) with ``python -m bnnrobust``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LightningArgumentParser
+
+from bnnrobust.cli import BNNRobustCLI
+
+
+class TrainCLI(BNNRobustCLI):
+    """No subcommands: ``--ckpt_path`` resumes fit (``last`` = the run's last checkpoint)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="Resume fit from this checkpoint; 'last' = this run's last.ckpt.")
+        parser.add_argument("--skip_test", type=bool, default=False,
+                            help="Only fit; do not test the best checkpoint afterwards.")
+        parser.add_argument("--summary_json", type=str | None, default=None,
+                            help="Also write the final summary (val/test metrics) to this JSON file.")
+
+
+def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | None) -> str | None:
+    """'last' → ``<checkpoint_dir>/last.ckpt`` when it exists (else None: start fresh)."""
+    if ckpt_path != "last":
+        if ckpt_path is not None and not Path(ckpt_path).is_file():
+            raise SystemExit(f"error: --ckpt_path {ckpt_path!r} does not exist. Give a checkpoint "
+                             "file, or 'last' to resume this run from its last checkpoint.")
+        return ckpt_path
+    last = Path(checkpoint_dir or "") / "last.ckpt"
+    if last.is_file():
+        return str(last)
+    print(f"[bnnrobust] no last checkpoint in {checkpoint_dir}; starting from scratch.",
+          file=sys.stderr)
+    return None
+
+
+def format_summary(name: str, metrics: dict[str, float]) -> str:
+    """A small plain-text table of the run's final metrics (accuracies in percent)."""
+    lines = [f"== bnnrobust summary: {name} =="]
+    width = max((len(k) for k in metrics), default=10)
+    for key in sorted(metrics):
+        value = metrics[key]
+        shown = f"{100 * value:6.2f} %" if key.endswith("acc") else f"{value:.4g}"
+        lines.append(f"  {key:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def main(args: list[str] | None = None) -> dict[str, float]:
+    torch.set_float32_matmul_precision("high")
+    cli = TrainCLI(args=args, run=False)
+    cfg = cli.config
+    ckpt_cb = cli.trainer.checkpoint_callback
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), getattr(ckpt_cb, "dirpath", None))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    metrics: dict[str, Any] = {k: float(v) for k, v in cli.trainer.callback_metrics.items()
+                               if k.startswith("val/") and torch.as_tensor(v).numel() == 1}
+    if not cfg.get("skip_test"):
+        best = getattr(ckpt_cb, "best_model_path", "") or None
+        results = cli.trainer.test(cli.model, datamodule=cli.datamodule,
+                                   ckpt_path=best if best else None, weights_only=False)
+        for res in results:
+            metrics.update({k: float(v) for k, v in res.items()})
+    if cli.trainer.is_global_zero:
+        name = cfg.get("run_name") or Path(str(cli.trainer.default_root_dir)).name
+        print(format_summary(name, metrics))
+        if cfg.get("summary_json"):
+            Path(cfg["summary_json"]).parent.mkdir(parents=True, exist_ok=True)
+            Path(cfg["summary_json"]).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
