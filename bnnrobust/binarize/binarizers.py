@@ -62,7 +62,9 @@ class Binarizer(nn.Module):
     def forward(self, latent: Tensor, training: bool = True) -> Tensor:  # noqa: D102
         return self.quantize(latent, training)
 
-    def on_optimizer_step(self, model_or_modules: nn.Module | Iterable[nn.Module], step: int) -> None:
+    def on_optimizer_step(
+        self, model_or_modules: nn.Module | Iterable[nn.Module], step: int
+    ) -> None:
         """Update state after optimizer step number ``step`` (1 after the first step).
 
         Anneals ``tanh_scale`` (tanh binarizers) and clips the latent weights and biases of
@@ -84,9 +86,15 @@ class Binarizer(nn.Module):
         return f"name={self.name!r}"
 
 
-def _layers_of(binarizer: Binarizer, model_or_modules: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
-    modules = model_or_modules.modules() if isinstance(model_or_modules, nn.Module) else model_or_modules
-    return [m for m in modules if getattr(m, "binarizer", None) is binarizer and hasattr(m, "weight")]
+def _layers_of(
+    binarizer: Binarizer, model_or_modules: nn.Module | Iterable[nn.Module]
+) -> list[nn.Module]:
+    modules = (
+        model_or_modules.modules() if isinstance(model_or_modules, nn.Module) else model_or_modules
+    )
+    return [
+        m for m in modules if getattr(m, "binarizer", None) is binarizer and hasattr(m, "weight")
+    ]
 
 
 class NoBinarizer(Binarizer):
@@ -130,9 +138,13 @@ class _TanhBinarizer(Binarizer):
         _check_positive("tanh_scale_start", tanh_scale_start, self.name)
         _check_positive("max_scale", max_scale, self.name)
         if not (math.isfinite(growth) and growth >= 1.0):
-            raise ValueError(f"Binarizer {self.name!r}: growth must be a finite number >= 1, got {growth!r}.")
+            raise ValueError(
+                f"Binarizer {self.name!r}: growth must be a finite number >= 1, got {growth!r}."
+            )
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ValueError(f"Binarizer {self.name!r}: interval must be an integer >= 1 (optimizer steps), got {interval!r}.")
+            raise ValueError(
+                f"Binarizer {self.name!r}: interval must be an integer >= 1 (optimizer steps), got {interval!r}."
+            )
         self.tanh_scale_start = float(tanh_scale_start)
         self.growth = float(growth)
         self.interval = interval
@@ -143,10 +155,14 @@ class _TanhBinarizer(Binarizer):
 
     def scale_at(self, step: int) -> float:
         """The ``tanh_scale`` after ``step`` optimizer steps (capped at ``max_scale``)."""
-        log_s = math.log(self.tanh_scale_start) + (max(step, 0) // self.interval) * math.log(self.growth)
+        log_s = math.log(self.tanh_scale_start) + (max(step, 0) // self.interval) * math.log(
+            self.growth
+        )
         return self.max_scale if log_s >= math.log(self.max_scale) else math.exp(log_s)
 
-    def on_optimizer_step(self, model_or_modules: nn.Module | Iterable[nn.Module], step: int) -> None:
+    def on_optimizer_step(
+        self, model_or_modules: nn.Module | Iterable[nn.Module], step: int
+    ) -> None:
         value = self.scale_at(step)
         if value != self._cached_scale:
             self.tanh_scale.fill_(value)
@@ -221,7 +237,13 @@ class Hubara(Binarizer):
 BINARIZERS: dict[str, type[Binarizer]] = {
     cls.name: cls for cls in (NoBinarizer, BC, GDTanh, MDTanhS, Hubara)
 }
-_ALIASES = {"ref": "none", "float": "none", "binaryconnect": "bc", "bnn_wq": "md_tanh_s", "bnn_waq": "hubara"}
+_ALIASES = {
+    "ref": "none",
+    "float": "none",
+    "binaryconnect": "bc",
+    "bnn_wq": "md_tanh_s",
+    "bnn_waq": "hubara",
+}
 
 
 def _check_positive(arg: str, value: float, name: str) -> None:
@@ -259,7 +281,9 @@ def _resolve_class_path(path: str) -> type[Binarizer]:
     return obj
 
 
-def make_binarizer(spec: str | Binarizer | type[Binarizer] | dict[str, Any] | None = "none", **kwargs: Any) -> Binarizer:
+def make_binarizer(
+    spec: str | Binarizer | type[Binarizer] | dict[str, Any] | None = "none", **kwargs: Any
+) -> Binarizer:
     """Build a binarizer from a name, an instance, a class, a class path or a config dict.
 
     Args:
@@ -301,4 +325,3 @@ def make_binarizer(spec: str | Binarizer | type[Binarizer] | dict[str, Any] | No
         f"binarizer must be a name, a Binarizer instance/class or a class_path dict, got "
         f"{type(spec).__name__}: {spec!r}. Accepted names: {', '.join(BINARIZERS)}."
     )
-

@@ -60,8 +60,17 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         dtype: Any = None,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
         )
         self.binarizer = binarizer if binarizer is not None else NoBinarizer()
 
@@ -72,9 +81,18 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     def from_float(cls, conv: nn.Conv2d, binarizer: Binarizer) -> BinaryConv2d:
         """A binary copy of ``conv`` (weights and bias copied as the latent values)."""
         layer = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, binarizer,
-            device=conv.weight.device, dtype=conv.weight.dtype,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            binarizer,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
         )
         _copy_params(conv, layer)
         return layer
@@ -102,8 +120,12 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
     def from_float(cls, linear: nn.Linear, binarizer: Binarizer) -> BinaryLinear:
         """A binary copy of ``linear`` (weights and bias copied as the latent values)."""
         layer = cls(
-            linear.in_features, linear.out_features, linear.bias is not None, binarizer,
-            device=linear.weight.device, dtype=linear.weight.dtype,
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            binarizer,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
         )
         _copy_params(linear, layer)
         return layer
@@ -143,4 +165,6 @@ class SignActivation(nn.Module):
     def extra_repr(self) -> str:
         if self.attack_surrogate is None:
             return "surrogate=training STE (ste_clipped)"
-        return f"attack_surrogate={self.attack_surrogate!r}, surrogate_kwargs={self.surrogate_kwargs}"
+        return (
+            f"attack_surrogate={self.attack_surrogate!r}, surrogate_kwargs={self.surrogate_kwargs}"
+        )
