@@ -1,1 +1,52 @@
-"""TODO"""
+"""Adversarial attacks for (binary) image classifiers, with PGD++/FGSM++ temperature scaling.
+
+All attacks take a model mapping images in [0, 1] to logits, images ``x`` (B, C, H, W) in
+[0, 1] and labels ``y`` (B,), and return adversarial images in the eps ball (eps in [0, 1]
+pixel units). See ``docs/attacks.md``.
+"""
+
+from bnnrobust.attacks.base import Attack, AttackOutput, Norm, eval_mode
+from bnnrobust.attacks.jacobian import input_jacobian, jacobian_singular_values
+from bnnrobust.attacks.losses import LOSSES, per_sample_loss
+from bnnrobust.attacks.pgd import FGSM, PGD
+from bnnrobust.attacks.surrogates import SURROGATES, check_surrogate_name, use_surrogate
+from bnnrobust.attacks.temperature import (
+    HNS,
+    NJS,
+    FixedTemperature,
+    Temperature,
+    TemperatureState,
+    hessian_norm,
+    hns_temperature,
+    make_temperature,
+    njs_temperature,
+)
+
+__all__ = [
+    "FGSM",
+    "HNS",
+    "LOSSES",
+    "NJS",
+    "PGD",
+    "SURROGATES",
+    "Attack",
+    "AttackOutput",
+    "FixedTemperature",
+    "Norm",
+    "Temperature",
+    "TemperatureState",
+    "check_surrogate_name",
+    "eval_mode",
+    "hessian_norm",
+    "hns_temperature",
+    "input_jacobian",
+    "jacobian_singular_values",
+    "make_temperature",
+    "njs_temperature",
+    "per_sample_loss",
+    "use_surrogate",
+]
+
+# --- exports of apgd.py, peers.py, transfer.py, cascade.py, presets.py, factory.py ---------
+# (maintained by the engineer who owns those files: append imports below and extend
+# __all__ with `__all__ += [...]`; the core section above stays as it is)

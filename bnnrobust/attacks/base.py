@@ -25,13 +25,13 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import Tensor, nn
 
 
-class Norm(str, Enum):
+class Norm(StrEnum):
     """Threat models: the norm that bounds the perturbation."""
 
     LINF = "linf"
@@ -139,15 +139,19 @@ class Attack(ABC):
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackOutput:
         """Run the attack with all the guarantees listed in the module docstring."""
         check_inputs(x, y)
-        x = x.detach()
-        y = y.detach().long()
-        if x.shape[0] == 0:
-            return AttackOutput(x.clone())
         from bnnrobust.attacks.surrogates import use_surrogate
 
-        with eval_mode(model), torch.enable_grad(), use_surrogate(model, self.surrogate):
-            out = self._perturb(model, x, y, self._generator(x.device))
-        out.x_adv = out.x_adv.detach()
+        # Under torch.inference_mode() (e.g. Lightning's Trainer(inference_mode=True) test loop)
+        # autograd is off even inside enable_grad(): step out of it locally and work on normal
+        # copies of the (inference) input tensors. The parameters must be normal tensors.
+        with torch.inference_mode(False):
+            x = x.clone() if x.is_inference() else x.detach()
+            y = (y.clone() if y.is_inference() else y.detach()).long()
+            if x.shape[0] == 0:
+                return AttackOutput(x.clone())
+            with eval_mode(model), torch.enable_grad(), use_surrogate(model, self.surrogate):
+                out = self._perturb(model, x, y, self._generator(x.device))
+            out.x_adv = out.x_adv.detach()
         return out
 
     def _generator(self, device: torch.device) -> torch.Generator | None:

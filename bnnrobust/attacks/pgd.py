@@ -1,0 +1,271 @@
+"""PGD and FGSM (L∞ and L2), with optional temperature scaling (PGD++ / FGSM++).
+
+Threat model: ``‖x_adv − x‖ ≤ eps`` in the chosen norm and ``x_adv ∈ [0, 1]``; eps and step
+sizes are in [0, 1] pixel units (8/255 for CIFAR L∞). Updates (``g = ∇_x Σ_i ℓ_i``, the
+per-sample loss summed over the batch, never averaged):
+
+* L∞: ``x ← clip[0,1](P∞(x + η·sign(g)))``; random start ``x + U(−eps, eps)``, clipped.
+* L2: ``x ← clip[0,1](P2(x + η·g/‖g‖₂))`` with ``‖·‖₂`` and the ball projection ``P2`` over
+  the whole input of each sample; random start ``x + r·u`` with ``u`` uniform on the unit
+  sphere and radius ``r ~ U(0, eps)`` (as torchattacks), clipped. A zero gradient gives no
+  move (no division by zero).
+
+With a temperature (``"njs"``, ``"hns"``, a number, or a
+:class:`~bnnrobust.attacks.temperature.Temperature`), the loss is taken on the scaled logits:
+``state = t.start(model, x_start, y)`` once per restart, then ``t.scale(model(x_t), y, state)``
+at every step. ``info["beta"]`` (B,) is the temperature of each sample's last step.
+
+Restarts keep the per-sample worst case: a sample stays robust only if every restart failed;
+the first successful adversarial example is kept, else the one of largest (unscaled) loss.
+Restarts stop early once every sample is fooled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from bnnrobust.attacks.base import Attack, AttackOutput, Norm, check_labels, check_positive
+from bnnrobust.attacks.losses import per_sample_loss
+from bnnrobust.attacks.temperature import Temperature, make_temperature
+
+__all__ = ["FGSM", "PGD"]
+
+#: losses an untargeted PGD accepts (targeted DLR belongs to APGD-T)
+PGD_LOSSES: tuple[str, ...] = ("ce", "dlr")
+
+
+def _check_int(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def _check_number(name: str, value: float, *, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r}.")
+    check_positive(name, float(value), allow_zero=allow_zero)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}.")
+    return float(value)
+
+
+def _flat_norm(t: Tensor) -> Tensor:
+    """Per-sample L2 norm over all non-batch dims, shaped (B, 1, ..., 1) for broadcasting."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def attack_name(base: str, norm: Norm, loss: str, temperature: Temperature | None) -> str:
+    """``"pgd"``, ``"pgd_l2"``, ``"pgd-dlr"``, ``"pgd++njs"``, ``"fgsm_l2++hns"``..."""
+    name = base + ("_l2" if norm is Norm.L2 else "")
+    if loss != "ce":
+        name += f"-{loss}"
+    if temperature is not None:
+        name += f"++{temperature.name}"
+    return name
+
+
+class PGD(Attack):
+    """Projected gradient descent (Madry et al. 2018); PGD++ with a temperature.
+
+    Args:
+        eps: radius of the threat model in [0, 1] pixel units (L∞: per pixel; L2: whole image).
+        step_size: step η in the same units (L∞: per pixel; L2: length of the step).
+        steps: number of gradient steps T (>= 1).
+        norm: ``"linf"`` or ``"l2"``.
+        restarts: number of random restarts (>= 1); per-sample worst case is kept.
+        loss: ``"ce"`` (default) or ``"dlr"``, summed over the batch.
+        temperature: None, a number β > 0, ``"njs"``, ``"hns"`` or a ``Temperature``.
+        random_start: start from a random point of the ball (else from ``x``).
+        surrogate: attack-time backward of sign activations (see ``surrogates``).
+        seed: seed of the attack's random starts (None: torch's global generator).
+
+    Example::
+
+        attack = PGD(eps=8 / 255, step_size=2 / 255, steps=20, temperature="hns", seed=0)
+        x_adv = attack(model, x, y)           # model in any mode; restored afterwards
+        out = attack.perturb(model, x, y)     # out.x_adv, out.info["beta"]
+    """
+
+    _base_name = "pgd"
+
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        step_size: float = 2 / 255,
+        steps: int = 20,
+        norm: str | Norm = "linf",
+        restarts: int = 1,
+        loss: str = "ce",
+        temperature: None | float | str | Temperature = None,
+        random_start: bool = True,
+        surrogate: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(surrogate=surrogate, seed=seed)
+        self.eps = _check_number("eps", eps, allow_zero=True)
+        self.step_size = _check_number("step_size", step_size, allow_zero=False)
+        self.steps = _check_int("steps", steps, 1)
+        self.restarts = _check_int("restarts", restarts, 1)
+        self.norm = Norm.parse(norm)
+        key = loss.lower() if isinstance(loss, str) else loss
+        if key not in PGD_LOSSES:
+            accepted = ", ".join(repr(n) for n in PGD_LOSSES)
+            raise ValueError(
+                f"Unknown loss {loss!r} for {type(self).__name__}; accepted: {accepted} "
+                "(targeted DLR is available in APGD)."
+            )
+        self.loss = key
+        self.temperature = make_temperature(temperature)
+        self.random_start = bool(random_start)
+        self.name = attack_name(self._base_name, self.norm, self.loss, self.temperature)
+
+    # ------------------------------------------------------------------ public description
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "eps": self.eps,
+            "step_size": self.step_size,
+            "steps": self.steps,
+            "norm": self.norm.value,
+            "restarts": self.restarts,
+            "loss": self.loss,
+            "temperature": None if self.temperature is None else self.temperature.describe(),
+            "random_start": self.random_start,
+            "surrogate": self.surrogate or "training",
+            "seed": self.seed,
+        }
+
+    # ------------------------------------------------------------------ geometry
+    def _random_start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        if self.norm is Norm.LINF:
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            delta = (2 * noise - 1) * self.eps
+        else:
+            u = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            r = torch.rand(x.shape[:1], generator=generator, device=x.device, dtype=x.dtype)
+            r = r.view(-1, *([1] * (x.dim() - 1)))
+            delta = u / _flat_norm(u).clamp_min(1e-12) * r * self.eps
+        return (x + delta).clamp_(0, 1)
+
+    def _project(self, x_new: Tensor, x: Tensor) -> Tensor:
+        delta = x_new - x
+        if self.norm is Norm.LINF:
+            delta = delta.clamp_(-self.eps, self.eps)
+        else:
+            n = _flat_norm(delta)
+            delta = delta * torch.where(n > self.eps, self.eps / n.clamp_min(1e-30), 1.0)
+        return (x + delta).clamp_(0, 1)
+
+    def _step(self, x_adv: Tensor, grad: Tensor, x: Tensor) -> Tensor:
+        if self.norm is Norm.LINF:
+            x_new = x_adv + self.step_size * grad.sign()
+        else:
+            x_new = x_adv + self.step_size * grad / _flat_norm(grad).clamp_min(1e-30)
+        return self._project(x_new, x)
+
+    # ------------------------------------------------------------------ attack
+    def _run(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """One run (one restart): returns the final iterate and the last step's β (or None)."""
+        x_adv = self._random_start(x, generator) if self.random_start else x.clone()
+        t = self.temperature
+        state = t.start(model, x_adv, y) if t is not None else None
+        beta = None
+        for step in range(self.steps):
+            x_adv.requires_grad_(True)
+            logits = model(x_adv)
+            if step == 0:
+                check_labels(logits, y)
+            if t is not None:
+                assert state is not None
+                logits, beta = t.scale(logits, y, state)
+            loss = per_sample_loss(self.loss, logits, y).sum()
+            (grad,) = torch.autograd.grad(loss, x_adv, allow_unused=True)
+            if grad is None:  # the output does not depend on the input
+                grad = torch.zeros_like(x_adv)
+            x_adv = self._step(x_adv.detach(), grad, x)
+        return x_adv, beta
+
+    def _perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None
+    ) -> AttackOutput:
+        if self.temperature is not None:
+            self.temperature.prepare(model, x)
+        if self.restarts == 1:
+            x_adv, beta = self._run(model, x, y, generator)
+            info = {} if beta is None else {"beta": beta.detach().to(x.device)}
+            return AttackOutput(x_adv, info)
+
+        best_x = x.clone()
+        best_loss = torch.full(y.shape, -math.inf, device=x.device)
+        found = torch.zeros(y.shape, dtype=torch.bool, device=x.device)
+        best_beta: Tensor | None = None
+        for _ in range(self.restarts):
+            x_adv, beta = self._run(model, x, y, generator)
+            with torch.no_grad():
+                logits = model(x_adv)
+                loss = per_sample_loss(self.loss, logits, y).float()
+                fooled = logits.argmax(dim=1) != y
+            take = ~found & (fooled | (loss > best_loss))
+            best_x[take] = x_adv[take]
+            best_loss = torch.where(take, loss, best_loss)
+            if beta is not None:
+                beta = beta.detach().to(x.device)
+                best_beta = (
+                    beta.clone() if best_beta is None else torch.where(take, beta, best_beta)
+                )
+            found |= fooled
+            if bool(found.all()):
+                break
+        info = {"loss": best_loss, "restart_fooled": found}
+        if best_beta is not None:
+            info["beta"] = best_beta
+        return AttackOutput(best_x, info)
+
+
+class FGSM(PGD):
+    """R+FGSM: random start in the ball, one gradient step of size ``step_size`` (default
+    eps), projection onto the ball and [0, 1]; FGSM++ with a temperature.
+
+    Args are those of :class:`PGD` (eps and step_size in [0, 1] pixel units); ``steps`` is 1
+    and there are no restarts. ``random_start=False`` gives the classic FGSM.
+    """
+
+    _base_name = "fgsm"
+
+    def __init__(
+        self,
+        eps: float = 8 / 255,
+        step_size: float | None = None,
+        norm: str | Norm = "linf",
+        temperature: None | float | str | Temperature = None,
+        loss: str = "ce",
+        random_start: bool = True,
+        surrogate: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        eps_value = _check_number("eps", eps, allow_zero=True)
+        if step_size is None:
+            # eps = 0 leaves no room to move; any positive step is then projected away
+            step_size = eps_value if eps_value > 0 else 1.0
+        super().__init__(
+            eps=eps,
+            step_size=step_size,
+            steps=1,
+            norm=norm,
+            restarts=1,
+            loss=loss,
+            temperature=temperature,
+            random_start=random_start,
+            surrogate=surrogate,
+            seed=seed,
+        )
+
+    def describe(self) -> dict[str, object]:
+        desc = super().describe()
+        desc.pop("restarts")
+        return desc
