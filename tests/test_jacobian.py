@@ -1,0 +1,112 @@
+"""Batched input Jacobians: exact against torch.func, through custom autograd Functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from bnnrobust.attacks.jacobian import (
+    input_jacobian,
+    input_jacobian_and_logits,
+    jacobian_singular_values,
+)
+
+
+def _conv_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 8 * 8, 5),
+    ).double()
+
+
+def _reference_jacobian(model: nn.Module, x: Tensor) -> Tensor:
+    rows = [torch.func.jacrev(lambda v: model(v[None])[0])(x[i]) for i in range(x.shape[0])]
+    return torch.stack([r.reshape(r.shape[0], -1) for r in rows])
+
+
+class _STESign(torch.autograd.Function):
+    """A custom sign with a straight-through backward (no vmap rule)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+class _SignNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(16, 12)
+        self.fc2 = nn.Linear(12, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(_STESign.apply(self.fc1(x.flatten(1))))
+
+
+def test_matches_jacrev_and_chunking() -> None:
+    model = _conv_net()
+    x = torch.rand(5, 1, 8, 8, dtype=torch.float64)
+    ref = _reference_jacobian(model, x)
+    for chunk in (1, 2, 32):
+        jac = input_jacobian(model, x, chunk_size=chunk)
+        assert jac.shape == (5, 5, 64)
+        assert not jac.requires_grad
+        torch.testing.assert_close(jac, ref)
+    jac, logits = input_jacobian_and_logits(model, x, num_classes=5)
+    torch.testing.assert_close(logits, model(x).detach())
+
+
+def test_works_through_custom_autograd_function() -> None:
+    model = _SignNet()
+    x = torch.rand(3, 1, 4, 4) * 0.2
+    jac = input_jacobian(model, x)
+    # reference: one backward per (sample, class) row
+    ref = torch.zeros(3, 4, 16)
+    for i in range(3):
+        for k in range(4):
+            xi = x[i : i + 1].clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(model(xi)[0, k], xi)
+            ref[i, k] = g.flatten()
+    torch.testing.assert_close(jac, ref)
+
+
+def test_mode_and_parameter_grads_untouched() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Dropout(0.0), nn.Linear(8, 3))
+    model.train()
+    model[2].eval()
+    flags = [m.training for m in model.modules()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    input_jacobian(model, torch.rand(4, 1, 4, 4))
+    assert [m.training for m in model.modules()] == flags
+    for p in model.parameters():
+        assert torch.equal(p.grad, torch.full_like(p, 7.0))
+
+
+def test_singular_values_match_svd_including_wide_case() -> None:
+    model = _conv_net()
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    sv = jacobian_singular_values(model, x)
+    ref = torch.linalg.svdvals(_reference_jacobian(model, x))
+    assert sv.shape == (4, 5)
+    assert bool((sv[:, :-1] >= sv[:, 1:]).all())  # descending
+    torch.testing.assert_close(sv, ref, rtol=1e-6, atol=1e-6)
+    # N = 3 inputs < d = 6 classes: min(d, N) = 3 values
+    wide = nn.Linear(3, 6).double()
+    xw = torch.rand(2, 3, dtype=torch.float64)
+    svw = jacobian_singular_values(wide, xw)
+    assert svw.shape == (2, 3)
+    torch.testing.assert_close(svw[0], torch.linalg.svdvals(wide.weight), rtol=1e-6, atol=1e-6)
+
+
+def test_bad_chunk_size() -> None:
+    with pytest.raises(ValueError, match="chunk_size"):
+        input_jacobian(_conv_net(), torch.rand(2, 1, 8, 8, dtype=torch.float64), chunk_size=0)
