@@ -155,10 +155,10 @@ class _TanhBinarizer(Binarizer):
 
     def scale_at(self, step: int) -> float:
         """The ``tanh_scale`` after ``step`` optimizer steps (capped at ``max_scale``)."""
-        log_s = math.log(self.tanh_scale_start) + (max(step, 0) // self.interval) * math.log(
-            self.growth
-        )
-        return self.max_scale if log_s >= math.log(self.max_scale) else math.exp(log_s)
+        n = max(step, 0) // self.interval
+        if math.log(self.tanh_scale_start) + n * math.log(self.growth) >= math.log(self.max_scale):
+            return self.max_scale
+        return self.tanh_scale_start * self.growth**n
 
     def on_optimizer_step(
         self, model_or_modules: nn.Module | Iterable[nn.Module], step: int
