@@ -1,0 +1,282 @@
+"""Temperature rules: NJS β1/β2, HNS (Gram form, grid, fallbacks), Proposition 1, factory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bnnrobust.attacks.temperature import (
+    HNS,
+    NJS,
+    FixedTemperature,
+    hessian_norm,
+    hns_beta_from_gram,
+    hns_grid,
+    hns_temperature,
+    make_temperature,
+    njs_beta2,
+    njs_bound,
+    njs_temperature,
+)
+
+
+def _relu_net(d: int = 5) -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, d)
+    ).double()
+
+
+def _tanh_net(d: int = 5) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, d)).double()
+
+
+def _jac(model: nn.Module, x: Tensor) -> Tensor:
+    rows = [torch.func.jacrev(lambda v: model(v[None])[0])(x[i]) for i in range(x.shape[0])]
+    return torch.stack([r.reshape(r.shape[0], -1) for r in rows]).detach()
+
+
+# ----------------------------------------------------------------------------- NJS
+
+
+def test_njs_beta1_equals_direct_svd() -> None:
+    model = _relu_net()
+    x = torch.rand(12, 1, 4, 4, dtype=torch.float64)
+    sv = torch.linalg.svdvals(_jac(model, x[:10]))  # n_jsv = 10 first samples only
+    beta1 = njs_temperature(model, x, n_jsv=10)
+    assert beta1 == pytest.approx(1.0 / float(sv.mean()), rel=1e-6)
+    t = NJS(n_jsv=10)
+    assert t.calibrate(model, x) == pytest.approx(beta1)
+
+
+def test_njs_auto_calibration_is_remembered_and_refreshed() -> None:
+    model = _relu_net()
+    x = torch.rand(8, 1, 4, 4, dtype=torch.float64)
+    y = torch.zeros(8, dtype=torch.long)
+    t = NJS(n_jsv=4)
+    assert not t.calibrated
+    state = t.start(model, x, y)
+    b1 = t.beta1
+    assert b1 == pytest.approx(njs_temperature(model, x[:4]))
+    torch.testing.assert_close(state.beta, torch.full((8,), b1))
+    t.start(model, torch.rand_like(x), y)  # same model, same weights: remembered
+    assert t.beta1 == b1
+    with torch.no_grad():
+        model[-1].weight.mul_(2.0)  # in-place update (as an optimizer step): recalibrated
+    t.start(model, x, y)
+    assert t.beta1 == pytest.approx(b1 / 2, rel=0.2)
+    # explicit calibration is kept even when weights change, until reset()
+    t.calibrate(model, x)
+    b_cal = t.beta1
+    with torch.no_grad():
+        model[-1].weight.mul_(3.0)
+    t.start(model, x, y)
+    assert t.beta1 == b_cal
+    t.reset()
+    assert t.beta1 is None
+
+
+def test_njs_beta2_rule() -> None:
+    rho, d = 0.01, 4
+    bound = -math.log(rho / ((d - 1) * (1 - rho)))
+    z = torch.tensor(
+        [
+            [20.0, 0.0, -1.0, 2.0],  # p_0 ≈ 1 > 1 - rho: scaled
+            [0.5, 0.0, 0.2, 0.1],  # p_0 < 1 - rho: beta2 = 1
+            [3.0, 3.0, 3.0, 3.0],  # gamma = 0: beta2 = 1, finite
+        ],
+        dtype=torch.float64,
+    )
+    y = torch.tensor([0, 0, 1])
+    beta2 = njs_beta2(z, y, rho)
+    assert beta2[0].item() == pytest.approx(bound / 21.0)
+    assert beta2[1].item() == 1.0 and beta2[2].item() == 1.0
+    # after scaling, the saturated sample's logit range is exactly the bound
+    t = NJS(rho=rho)
+    t.beta1 = 1.0
+    state = t.start(nn.Identity(), torch.rand(3, 4), y)
+    scaled, beta = t.scale(z.float().requires_grad_(True), y, state)
+    assert not beta.requires_grad
+    assert float(scaled[0].max() - scaled[0].min()) == pytest.approx(bound, rel=1e-5)
+    assert torch.isfinite(scaled).all()
+    # beta2 carries no gradient: d scaled / d z = beta1 * beta2 exactly
+    zz = z.clone().requires_grad_(True)
+    out, beta = t.scale(zz, y, state)
+    (g,) = torch.autograd.grad(out[:, 0].sum(), zz)
+    torch.testing.assert_close(g[:, 0], beta.double())
+
+
+def test_njs_saturated_float32_logits_get_scaled() -> None:
+    z = torch.tensor([[1e4, -1e4, 0.0]])
+    beta2 = njs_beta2(z, torch.tensor([0]), 0.01)
+    assert torch.isfinite(beta2).all() and beta2.item() < 1e-2
+
+
+@pytest.mark.parametrize("d", [2, 3, 10, 100])
+def test_proposition_1(d: int) -> None:
+    rho = 0.01
+    g = torch.Generator().manual_seed(d)
+    a = torch.randn(200, d, generator=g, dtype=torch.float64) * 5
+    # the worst case for the bound: all non-maximal logits equal to the minimum
+    worst = torch.zeros(50, d, dtype=torch.float64)
+    worst[:, 0] = torch.rand(50, generator=g, dtype=torch.float64) * 10 + 0.1
+    a = torch.cat([a, worst])
+    gamma = a.max(1).values - a.min(1).values
+    beta = 0.999 * njs_bound(d, rho) / gamma
+    p1 = torch.softmax(beta[:, None] * a, dim=1).max(1).values
+    assert bool((1 - p1 > rho).all())
+
+
+# ----------------------------------------------------------------------------- HNS
+
+
+def test_hessian_norm_gram_form_equals_explicit_and_autograd() -> None:
+    torch.manual_seed(1)
+    x = torch.rand(4, 1, 4, 4, dtype=torch.float64)
+    beta = torch.tensor([0.3, 1.0, 2.5, 7.0], dtype=torch.float64)
+    # explicit beta^2 J^T S J on a smooth net (the Gram form is exact for any J)
+    model = _tanh_net()
+    jac = _jac(model, x)
+    logits = model(x).detach()
+    norm = hessian_norm(jac, logits, beta)
+    gram = jac @ jac.transpose(1, 2)
+    torch.testing.assert_close(norm, hessian_norm(gram, logits, beta, is_gram=True))
+    for i in range(4):
+        p = torch.softmax(beta[i] * logits[i], 0)
+        s = torch.diag(p) - torch.outer(p, p)
+        h = beta[i] ** 2 * jac[i].T @ s @ jac[i]  # explicit N x N
+        assert norm[i].item() == pytest.approx(torch.linalg.norm(h).item(), rel=1e-9)
+    # on a ReLU net it is the true input Hessian of CE(beta f(x), y) (double backward)
+    model = _relu_net()
+    jac = _jac(model, x)
+    logits = model(x).detach()
+    y = logits.argmax(1)
+    norm = hessian_norm(jac, logits, beta)
+    for i in range(4):
+
+        def loss(v: Tensor, i: int = i) -> Tensor:
+            return F.cross_entropy(beta[i] * model(v[None]), y[i : i + 1])
+
+        h = torch.autograd.functional.hessian(loss, x[i]).reshape(16, 16)
+        assert norm[i].item() == pytest.approx(torch.linalg.norm(h).item(), rel=1e-8)
+    # a (B, K) grid of betas
+    grid = torch.stack([beta, 2 * beta], dim=1)
+    torch.testing.assert_close(hessian_norm(jac, logits, grid)[:, 0], norm)
+
+
+def test_hns_grid_is_linear_in_beta_with_paper_endpoints() -> None:
+    d = 10
+    gamma = torch.tensor([0.5, 3.0], dtype=torch.float64)
+    grid = hns_grid(gamma, d, n_grid=100)
+
+    def beta(eps: float, g: float) -> float:
+        return -math.log(eps / ((1 - eps) * (d - 1))) / g
+
+    for i, g in enumerate(gamma.tolist()):
+        assert grid[i, 0].item() == pytest.approx(beta(1 - 1 / d - 0.01, g))
+        assert grid[i, -1].item() == pytest.approx(beta(1e-72, g))
+        steps = grid[i, 1:] - grid[i, :-1]
+        torch.testing.assert_close(steps, torch.full_like(steps, steps[0].item()))
+
+
+def _hns_reference(model: nn.Module, x: Tensor, y: Tensor, n_grid: int = 100) -> Tensor:
+    """The authors' procedure: per sample, explicit N x N Hessian per grid beta, argmax."""
+    out = []
+    for i in range(x.shape[0]):
+        logits = model(x[i : i + 1]).detach()[0]
+        d = logits.numel()
+        top = logits.topk(2).values
+        gamma = float(top[0] - top[1])
+        if logits.argmax().item() != y[i].item() or gamma <= 0:
+            out.append(1.0)
+            continue
+        j = _jac(model, x[i : i + 1])[0]
+        c = [-math.log(e / ((1 - e) * (d - 1))) / gamma for e in (1 - 1 / d - 0.01, 1e-72)]
+        best, best_k, betas = -1.0, 0, torch.linspace(c[0], c[1], n_grid, dtype=torch.float64)
+        for k, b in enumerate(betas.tolist()):
+            p = torch.softmax(b * logits, 0)
+            h = b * b * j.T @ (torch.diag(p) - torch.outer(p, p)) @ j
+            score = torch.linalg.norm(h).item()
+            if score > best:
+                best, best_k = score, k
+        out.append(1.0 if best_k in (0, n_grid - 1) else betas[best_k].item())
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_hns_matches_per_sample_reference_and_fallbacks() -> None:
+    torch.manual_seed(2)
+    model = _relu_net()
+    x = torch.rand(10, 1, 4, 4, dtype=torch.float64)
+    y = model(x).argmax(1)
+    y[:3] = (y[:3] + 1) % 5  # misclassified -> 1
+    ref = _hns_reference(model, x, y)
+    beta = hns_temperature(model, x, y)
+    assert beta.shape == (10,)
+    torch.testing.assert_close(beta, ref)
+    assert bool((beta[:3] == 1).all()) and bool((beta[3:] != 1).all())
+
+
+def test_hns_ties_zero_jacobian_and_edges_give_one() -> None:
+    d = 4
+    logits = torch.tensor([[2.0, 2.0, 0.0, -1.0], [3.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0])
+    gram = torch.eye(d, dtype=torch.float64).expand(2, d, d)
+    beta, fallback = hns_beta_from_gram(gram, logits, y)
+    assert torch.isfinite(beta).all()
+    assert beta[0].item() == 1.0 and bool(fallback[0])  # gamma = 0 tie
+    assert beta[1].item() != 1.0 and not bool(fallback[1])
+    # a zero Jacobian scores 0 everywhere: argmax at the first grid point -> 1
+    beta, fallback = hns_beta_from_gram(torch.zeros(2, d, d, dtype=torch.float64), logits, y)
+    assert beta.tolist() == [1.0, 1.0] and bool(fallback.all())
+
+
+def test_hns_state_and_modes() -> None:
+    model = _relu_net()
+    model.train()
+    model[2].eval()
+    flags = [m.training for m in model.modules()]
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    y = model(x).argmax(1)
+    state = HNS().start(model, x, y)
+    assert state.beta.shape == (3,) and state.info["hns_fallback"].shape == (3,)
+    assert [m.training for m in model.modules()] == flags
+
+
+# ----------------------------------------------------------------------------- factory
+
+
+def test_make_temperature_specs_and_errors() -> None:
+    assert make_temperature(None) is None
+    assert make_temperature("none") is None
+    assert isinstance(make_temperature("njs"), NJS)
+    assert isinstance(make_temperature("HNS"), HNS)
+    fixed = make_temperature(2.5)
+    assert isinstance(fixed, FixedTemperature) and fixed.beta == 2.5
+    assert isinstance(make_temperature(3), FixedTemperature)
+    assert make_temperature("0.5").beta == 0.5  # type: ignore[union-attr]
+    t = NJS()
+    assert make_temperature(t) is t
+    for bad in ("bogus", True, [1.0]):
+        with pytest.raises(ValueError, match="accepted"):
+            make_temperature(bad)  # type: ignore[arg-type]
+    for bad_num in (0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="> 0"):
+            make_temperature(bad_num)
+    with pytest.raises(ValueError, match="rho"):
+        NJS(rho=0.7)
+    with pytest.raises(ValueError, match="n_grid"):
+        HNS(n_grid=2)
+    with pytest.raises(ValueError, match="rho"):
+        njs_bound(2, 0.6)
+
+
+def test_fixed_temperature_scales() -> None:
+    t = FixedTemperature(2.0)
+    z = torch.randn(3, 4)
+    state = t.start(nn.Identity(), torch.rand(3, 4), torch.zeros(3, dtype=torch.long))
+    scaled, beta = t.scale(z, torch.zeros(3, dtype=torch.long), state)
+    torch.testing.assert_close(scaled, 2 * z)
+    torch.testing.assert_close(beta, torch.full((3,), 2.0))
