@@ -67,7 +67,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     if not cfg.get("skip_test"):
         best = getattr(ckpt_cb, "best_model_path", "") or None
         results = cli.trainer.test(cli.model, datamodule=cli.datamodule,
-                                   ckpt_path=best if best else None, weights_only=False)
+                                   ckpt_path=best if best else None, weights_only=True)
         for res in results:
             metrics.update({k: float(v) for k, v in res.items()})
     if cli.trainer.is_global_zero:
