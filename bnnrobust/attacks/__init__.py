@@ -50,3 +50,41 @@ __all__ = [
 # --- exports of apgd.py, peers.py, transfer.py, cascade.py, presets.py, factory.py ---------
 # (maintained by the engineer who owns those files: append imports below and extend
 # __all__ with `__all__ += [...]`; the core section above stays as it is)
+from bnnrobust.attacks.apgd import APGD  # noqa: E402
+from bnnrobust.attacks.cascade import Cascade, CascadeResult, StageResult  # noqa: E402
+from bnnrobust.attacks.factory import build_attack, list_attacks  # noqa: E402
+from bnnrobust.attacks.peers import (  # noqa: E402
+    DeepFool,
+    Square,
+    TorchattacksAPGD,
+    TorchattacksAPGDT,
+    TorchattacksFAB,
+)
+from bnnrobust.attacks.presets import (  # noqa: E402
+    PRESETS,
+    adversarial_training_attack,
+    get_preset,
+    preset_attacks,
+    strongest_cascade,
+)
+from bnnrobust.attacks.transfer import TransferAttack  # noqa: E402
+
+__all__ += [
+    "APGD",
+    "PRESETS",
+    "Cascade",
+    "CascadeResult",
+    "DeepFool",
+    "Square",
+    "StageResult",
+    "TorchattacksAPGD",
+    "TorchattacksAPGDT",
+    "TorchattacksFAB",
+    "TransferAttack",
+    "adversarial_training_attack",
+    "build_attack",
+    "get_preset",
+    "list_attacks",
+    "preset_attacks",
+    "strongest_cascade",
+]
