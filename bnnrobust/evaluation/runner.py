@@ -1,0 +1,508 @@
+"""Run a set of attacks over an evaluation set: clean and adversarial accuracy, time, β.
+
+Definitions (all accuracies in percent of the ``n`` evaluated samples):
+
+* ``clean_acc``: ``argmax f(x) == y``.
+* ``adv_acc`` of an attack: a sample counts as robust when it is classified correctly clean
+  *and* after the attack. Only clean-correct samples are attacked (a misclassified sample is
+  already an adversarial example of itself: its saved ``x_adv`` is the clean image), so
+  ``adv_acc <= clean_acc`` always. Every attack starts from the clean input.
+* ``worst_case_acc``: robust against every attack of the run (per-sample worst case).
+* β statistics: mean / std / min / max of ``info["beta"]`` over the attacked samples, for
+  attacks that use a temperature (PGD++ / FGSM++ / APGD++).
+
+NJS temperatures are calibrated once, before any attack, on the first ``n_calib = 100``
+clean samples of the evaluation set (β1 of the paper), identically on every process.
+
+Reproducibility: before each (attack, batch) pair the global torch RNG is seeded from
+``(seed, attack name, global batch index)`` inside :func:`torch.random.fork_rng`, so reruns
+are identical on CPU, the caller's RNG state is untouched, and results do not depend on the
+order of the attacks.
+
+Several processes (``torch.distributed`` initialized, e.g. under DDP/torchrun): the global
+batches ``[0, B), [B, 2B), ...`` are dealt round-robin to the ranks; each batch, and so each
+random start, is exactly what one process would see, and the correct counts, β sums and
+counts are summed (min/max reduced, seconds = max over ranks). The numbers therefore equal a
+single-process run with the same batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from bnnrobust.attacks.base import Attack, eval_mode
+
+__all__ = [
+    "AttackResult",
+    "BetaStats",
+    "EvalResult",
+    "evaluate",
+    "reevaluate",
+    "resolve_device",
+]
+
+DataSource = DataLoader | Dataset | tuple[Tensor, Tensor] | Sequence[Tensor]
+
+
+# -- result containers ------------------------------------------------------------------------
+@dataclass
+class BetaStats:
+    """Statistics of the attack temperature β over the attacked samples."""
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+
+
+@dataclass
+class AttackResult:
+    """One attack's outcome.
+
+    Attributes:
+        name: attack name (``"pgd++njs"``, ...), the key of the attack dict.
+        adv_acc: adversarial accuracy in percent of ``n`` (see module docstring).
+        correct: number of robust samples.
+        n: number of evaluated samples.
+        seconds: wall-clock seconds spent in the attack (max over ranks).
+        attacked: number of samples attacked (clean-correct ones).
+        beta: β statistics, or None for attacks without a temperature.
+        config: the attack's ``describe()`` (eps in [0, 1] pixel units, norm, steps, ...).
+    """
+
+    name: str
+    adv_acc: float
+    correct: int
+    n: int
+    seconds: float
+    attacked: int
+    beta: BetaStats | None
+    config: dict[str, Any]
+
+
+@dataclass
+class EvalResult:
+    """Everything :func:`evaluate` measured; ``to_dict()`` is the JSON body of a report."""
+
+    n: int
+    seed: int
+    batch_size: int
+    device: str
+    world_size: int
+    clean_acc: float
+    clean_correct: int
+    attacks: dict[str, AttackResult]
+    worst_case_acc: float | None
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["attacks"] = {name: asdict(res) for name, res in self.attacks.items()}
+        extra = out.pop("extra")
+        out.update(extra)
+        return _jsonable(out)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Round-trip through JSON (tuples → lists, tensors/enums → numbers/strings)."""
+    def default(o: Any) -> Any:
+        if torch.is_tensor(o):
+            return o.tolist()
+        if isinstance(o, Path):
+            return str(o)
+        return str(o)
+
+    return json.loads(json.dumps(obj, default=default))
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` → ``cuda`` when available else ``cpu``; otherwise ``torch.device(device)``."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Samples:
+    """Uniform random access to ``(x, y)`` pairs from tensors, a Dataset or a DataLoader."""
+
+    def __init__(self, data: Any, n: int | None) -> None:
+        self.x: Tensor | None = None
+        self.y: Tensor | None = None
+        self.ds: Dataset | None = None
+        if isinstance(data, DataLoader):
+            ds = data.dataset
+            if not isinstance(ds, IterableDataset) and hasattr(ds, "__len__"):
+                self.ds = ds
+            else:
+                self.x, self.y = self._collect(data, n)
+        elif isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+            self.ds = data
+        elif isinstance(data, tuple | list) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
+            x, y = data
+            if x.shape[0] != y.shape[0]:
+                raise ValueError(f"evaluate: {x.shape[0]} images but {y.shape[0]} labels.")
+            self.x, self.y = x, y
+        elif isinstance(data, Iterable):
+            self.x, self.y = self._collect(data, n)
+        else:
+            raise TypeError("evaluate: data must be a DataLoader, a map-style Dataset or a tuple "
+                            f"(x, y) of tensors, got {type(data).__name__}.")
+
+    @staticmethod
+    def _collect(batches: Iterable, n: int | None) -> tuple[Tensor, Tensor]:
+        xs, ys, total = [], [], 0
+        for x, y in batches:
+            xs.append(x)
+            ys.append(y)
+            total += x.shape[0]
+            if n is not None and total >= n:
+                break
+        if not xs:
+            raise ValueError("evaluate: the data loader yielded no batch.")
+        return torch.cat(xs), torch.cat(ys)
+
+    def __len__(self) -> int:
+        if self.ds is not None:
+            return len(self.ds)  # type: ignore[arg-type]
+        assert self.y is not None
+        return int(self.y.shape[0])
+
+    def get(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        if self.ds is None:
+            assert self.x is not None and self.y is not None
+            return self.x[start:stop], self.y[start:stop]
+        items = [self.ds[i] for i in range(start, stop)]
+        x = torch.stack([torch.as_tensor(it[0]) for it in items])
+        y = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
+        return x, y
+
+
+def _check_images(x: Tensor, start: int) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"evaluate: images must be floating point in [0, 1], got dtype {x.dtype} "
+                        f"(batch starting at sample {start}).")
+    lo, hi = float(x.min()), float(x.max())
+    if not (0.0 <= lo and hi <= 1.0):
+        raise ValueError(
+            f"evaluate: images must lie in [0, 1] pixel units (normalization belongs inside the "
+            f"model), but the batch starting at sample {start} has values in [{lo:.4g}, {hi:.4g}]. "
+            "Remove any Normalize transform from the data pipeline."
+        )
+
+
+def _njs_targets(attack: Any, model: nn.Module) -> list[tuple[Any, nn.Module]]:
+    """NJS temperatures inside an attack (and wrapped attacks) with the model each attacks."""
+    from bnnrobust.attacks.temperature import NJS
+
+    found: list[tuple[Any, nn.Module]] = []
+    temp = getattr(attack, "temperature", None)
+    if isinstance(temp, NJS):
+        found.append((temp, model))
+    inner = getattr(attack, "attack", None)
+    if isinstance(inner, Attack):
+        source = getattr(attack, "source_model", None)
+        found += _njs_targets(inner, source if isinstance(source, nn.Module) else model)
+    members = getattr(attack, "attacks", None)
+    if isinstance(members, Mapping):
+        members = list(members.values())
+    if isinstance(members, list | tuple):
+        for member in members:
+            if isinstance(member, Attack):
+                found += _njs_targets(member, model)
+    return found
+
+
+def _batch_seed(seed: int, name: str, batch_index: int) -> int:
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode()) * 7919 + batch_index) % (2**63 - 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace("++", "pp"))
+
+
+class _Acc:
+    """Per-attack accumulators (sums, so that ranks add up exactly)."""
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.attacked = 0
+        self.seconds = 0.0
+        self.b_count = 0
+        self.b_sum = 0.0
+        self.b_sq = 0.0
+        self.b_min = math.inf
+        self.b_max = -math.inf
+
+    def add_beta(self, beta: Tensor) -> None:
+        beta = beta.detach().double().flatten().cpu()
+        if beta.numel() == 0:
+            return
+        self.b_count += beta.numel()
+        self.b_sum += float(beta.sum())
+        self.b_sq += float((beta * beta).sum())
+        self.b_min = min(self.b_min, float(beta.min()))
+        self.b_max = max(self.b_max, float(beta.max()))
+
+    def beta(self) -> BetaStats | None:
+        if self.b_count == 0:
+            return None
+        mean = self.b_sum / self.b_count
+        var = max(self.b_sq / self.b_count - mean * mean, 0.0)
+        return BetaStats(self.b_count, mean, math.sqrt(var), self.b_min, self.b_max)
+
+
+def _reduce(clean: int, worst: int, accs: list[_Acc], device: torch.device) -> tuple[int, int]:
+    """All-reduce the counters over the process group (in place on ``accs``)."""
+    import torch.distributed as dist
+
+    rank, world = _dist()
+    if world == 1:
+        return clean, worst
+    backend = dist.get_backend()
+    dev = device if backend == "nccl" else torch.device("cpu")
+    sums = torch.tensor([clean, worst] + [v for a in accs for v in
+                                          (a.correct, a.attacked, a.b_count, a.b_sum, a.b_sq)],
+                        dtype=torch.float64, device=dev)
+    mins = torch.tensor([a.b_min for a in accs] + [-a.b_max for a in accs] + [-a.seconds for a in accs],
+                        dtype=torch.float64, device=dev)
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    dist.all_reduce(mins, op=dist.ReduceOp.MIN)
+    s, m = sums.cpu().tolist(), mins.cpu().tolist()
+    k = len(accs)
+    for i, a in enumerate(accs):
+        a.correct, a.attacked, a.b_count = (int(round(v)) for v in s[2 + 5 * i: 5 + 5 * i])
+        a.b_sum, a.b_sq = s[5 + 5 * i], s[6 + 5 * i]
+        a.b_min, a.b_max, a.seconds = m[i], -m[k + i], -m[2 * k + i]
+    return int(round(s[0])), int(round(s[1]))
+
+
+# -- the runner -------------------------------------------------------------------------------
+def evaluate(
+    model: nn.Module,
+    data: DataSource,
+    attacks: Mapping[str, Attack],
+    n: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    *,
+    batch_size: int | None = None,
+    save_adv: str | Path | None = None,
+    calibrate_njs: bool = True,
+    n_calib: int = 100,
+) -> EvalResult:
+    """Clean accuracy and, per attack, adversarial accuracy, seconds and β statistics.
+
+    Args:
+        model: classifier mapping images in [0, 1] (normalization inside) to logits. Put in
+            eval mode for the run; each submodule's own mode is restored afterwards.
+        data: ``(x, y)`` tensors, a map-style Dataset, or a DataLoader (its dataset is read
+            in order; an iterable loader is consumed up to ``n`` samples).
+        attacks: ``{name: Attack}``; names are the keys of the result.
+        n: evaluate the first ``n`` samples (``None`` = all).
+        seed: seed of every random start (see module docstring).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``None``/``"auto"``.
+        progress: show a tqdm bar (rank 0 only).
+        batch_size: samples per attack batch; default the loader's batch size or 256.
+        save_adv: folder; if given, each attack's adversarial images are written to
+            ``<folder>/<attack>.pt`` (``x_adv``, ``y``, ``indices``, ``attack``, ``adv_acc``,
+            ``config``, ``seed``), readable by :func:`reevaluate`.
+        calibrate_njs: calibrate NJS temperatures (β1) once on the first ``n_calib`` clean samples.
+        n_calib: number of clean samples for NJS (paper: 100).
+
+    Returns:
+        :class:`EvalResult` (accuracies in percent).
+    """
+    if not isinstance(attacks, Mapping):
+        raise TypeError("evaluate: attacks must be a dict {name: Attack}; build them with "
+                        "bnnrobust.attacks.factory.build_attack.")
+    for name, atk in attacks.items():
+        if not isinstance(atk, Attack):
+            raise TypeError(f"evaluate: attack {name!r} is a {type(atk).__name__}, not a "
+                            "bnnrobust Attack.")
+    if n is not None and n < 1:
+        raise ValueError(f"evaluate: n must be a positive integer or None, got {n!r}.")
+    dev = resolve_device(device)
+    src = _Samples(data, n)
+    total = len(src) if n is None else min(n, len(src))
+    if total == 0:
+        raise ValueError("evaluate: the evaluation set is empty.")
+    if batch_size is None:
+        loader_bs = data.batch_size if isinstance(data, DataLoader) else None
+        batch_size = int(loader_bs) if loader_bs else 256
+    if batch_size < 1:
+        raise ValueError(f"evaluate: batch_size must be >= 1, got {batch_size!r}.")
+    rank, world = _dist()
+    starts = list(range(0, total, batch_size))
+    mine = list(range(rank, len(starts), world))
+    names = list(attacks)
+    accs = [_Acc() for _ in names]
+    adv_store: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {nm: [] for nm in names}
+    clean_correct = worst_correct = 0
+    model = model.to(dev)
+    t_start = time.perf_counter()
+    fork_devices = [dev] if dev.type == "cuda" else []
+    with eval_mode(model), torch.random.fork_rng(devices=fork_devices):
+        njs_beta1: dict[str, list[float]] = {}
+        if calibrate_njs:
+            x_cal, _ = src.get(0, min(n_calib, total))
+            _check_images(x_cal, 0)
+            x_cal = x_cal.to(dev)
+            for name in names:
+                for temp, target in _njs_targets(attacks[name], model):
+                    njs_beta1.setdefault(name, []).append(float(temp.calibrate(target, x_cal)))
+        bar = None
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc="evaluating", unit="img", dynamic_ncols=True)
+        for b in mine:
+            start = starts[b]
+            stop = min(start + batch_size, total)
+            x, y = src.get(start, stop)
+            _check_images(x, start)
+            x, y = x.to(dev), y.to(dev).long()
+            with torch.no_grad():
+                correct = model(x).argmax(dim=-1) == y
+            clean_correct += int(correct.sum())
+            robust_all = correct.clone()
+            idx = correct.nonzero().flatten()
+            for name, acc in zip(names, accs, strict=True):
+                attack = attacks[name]
+                torch.manual_seed(_batch_seed(seed, name, b))
+                robust = torch.zeros_like(correct)
+                x_adv_full = x.clone()
+                _sync(dev)
+                t0 = time.perf_counter()
+                if idx.numel():
+                    out = attack.perturb(model, x[idx], y[idx])
+                    with torch.no_grad():
+                        robust[idx] = model(out.x_adv).argmax(dim=-1) == y[idx]
+                    x_adv_full[idx] = out.x_adv
+                    if "beta" in out.info:
+                        acc.add_beta(out.info["beta"])
+                _sync(dev)
+                acc.seconds += time.perf_counter() - t0
+                acc.attacked += int(idx.numel())
+                acc.correct += int(robust.sum())
+                robust_all &= robust
+                if save_adv is not None:
+                    index = torch.arange(start, stop)
+                    adv_store[name].append((x_adv_full.cpu(), y.cpu(), index))
+            worst_correct += int(robust_all.sum())
+            if bar is not None:
+                bar.update((stop - start) * world)
+                bar.set_postfix(clean=f"{100 * clean_correct / max(stop, 1):.1f}%")
+        if bar is not None:
+            bar.close()
+    clean_correct, worst_correct = _reduce(clean_correct, worst_correct, accs, dev)
+    results: dict[str, AttackResult] = {}
+    for name, acc in zip(names, accs, strict=True):
+        config = _jsonable(attacks[name].describe())
+        if name in njs_beta1:
+            config["njs_beta1"] = njs_beta1[name][0] if len(njs_beta1[name]) == 1 else njs_beta1[name]
+        results[name] = AttackResult(name=name, adv_acc=100.0 * acc.correct / total,
+                                     correct=acc.correct, n=total, seconds=acc.seconds,
+                                     attacked=acc.attacked, beta=acc.beta(), config=config)
+    result = EvalResult(
+        n=total, seed=int(seed), batch_size=int(batch_size), device=str(dev), world_size=world,
+        clean_acc=100.0 * clean_correct / total, clean_correct=clean_correct, attacks=results,
+        worst_case_acc=100.0 * worst_correct / total if names else None,
+        seconds=time.perf_counter() - t_start,
+    )
+    if save_adv is not None:
+        _save_adv(Path(save_adv), adv_store, result)
+    return result
+
+
+def _gather(parts: list[tuple[Tensor, Tensor, Tensor]]) -> list[tuple[Tensor, Tensor, Tensor]]:
+    import torch.distributed as dist
+
+    rank, world = _dist()
+    if world == 1:
+        return parts
+    everything: list[Any] = [None] * world
+    dist.all_gather_object(everything, parts)
+    return [p for rank_parts in everything for p in rank_parts]
+
+
+def _save_adv(folder: Path, store: dict[str, list[tuple[Tensor, Tensor, Tensor]]],
+              result: EvalResult) -> None:
+    rank, _ = _dist()
+    for name, parts in store.items():
+        parts = _gather(parts)
+        if rank != 0:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        x_adv = torch.cat([p[0] for p in parts])
+        y = torch.cat([p[1] for p in parts])
+        index = torch.cat([p[2] for p in parts])
+        order = torch.argsort(index)
+        torch.save({
+            "x_adv": x_adv[order], "y": y[order], "indices": index[order], "attack": name,
+            "adv_acc": result.attacks[name].adv_acc, "config": result.attacks[name].config,
+            "seed": result.seed,
+        }, folder / f"{_safe_name(name)}.pt")
+
+
+def adv_path(folder: str | Path, attack_name: str) -> Path:
+    """Where :func:`evaluate` (``save_adv=folder``) writes an attack's adversarial examples."""
+    return Path(folder) / f"{_safe_name(attack_name)}.pt"
+
+
+def reevaluate(
+    model: nn.Module, path: str | Path, *, batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> float:
+    """Accuracy (percent) of ``model`` on saved adversarial examples (``evaluate(save_adv=...)``).
+
+    Reproduces the reported ``adv_acc`` of that attack for the same model (clean-misclassified
+    samples were saved as their clean image, so they count as errors here too).
+    """
+    from bnnrobust.evaluation.checkpoint import CheckpointError
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"reevaluate: {str(file)!r} does not exist.")
+    try:
+        blob = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file: one clear message
+        raise CheckpointError(f"reevaluate: {str(file)!r} is unreadable ({type(err).__name__}).") from None
+    if not isinstance(blob, dict) or not {"x_adv", "y"} <= set(blob):
+        raise ValueError(f"reevaluate: {str(file)!r} does not hold 'x_adv' and 'y'.")
+    dev = resolve_device(device)
+    x_adv, y = blob["x_adv"], blob["y"].long()
+    correct = 0
+    model = model.to(dev)
+    with eval_mode(model), torch.no_grad():
+        for s in range(0, y.shape[0], batch_size):
+            xb, yb = x_adv[s:s + batch_size].to(dev), y[s:s + batch_size].to(dev)
+            correct += int((model(xb).argmax(dim=-1) == yb).sum())
+    return 100.0 * correct / max(int(y.shape[0]), 1)
