@@ -19,7 +19,8 @@ reductions) and are only then turned into means and standard deviations
 (:meth:`SignalSums.finalize`) — never a mean of means.
 
 Non-finite values are never dropped: samples whose logits are not finite are *kept* (they
-cannot be judged correct or wrong), so the statistics they touch become nan/inf, and
+cannot be judged correct or wrong; their ψ and gradient metrics are nan, never a fake zero
+gradient), so the statistics they touch become nan/inf, and
 :class:`SignalStats` carries a count of non-finite values per quantity plus a warning naming
 each affected metric.
 
@@ -428,12 +429,12 @@ def signal_sums(
         if not betas:
             raise ValueError("betas must name at least one variant, e.g. {'original': 1.0}.")
         b = x.shape[0]
-        beta_t = {name: _as_beta(name, beta, b, x.device) for name, beta in betas.items()
-                  if not (isinstance(beta, str) and beta == HNS)}
         for name, beta in betas.items():
             if isinstance(beta, str) and beta != HNS:
                 raise ValueError(f"β of variant {name!r} must be a float, a tensor or {HNS!r}, "
                                  f"got {beta!r}.")
+        beta_t = {name: _as_beta(name, beta, b, x.device) for name, beta in betas.items()
+                  if not isinstance(beta, str)}
         sums = SignalSums.empty(tuple(betas), device=x.device)
         if b == 0:
             return sums
@@ -486,10 +487,12 @@ def signal_sums(
                 p = torch.softmax(z.detach(), dim=1).to(torch.float64)
                 sums.add_values(name, "psi_norm", (p - onehot).norm(dim=1))
                 g = grad.flatten(1)
-                finite_g = torch.isfinite(g).all(dim=1)
+                # a non-finite loss has no meaningful gradient, even if autograd returns zeros
+                finite_g = torch.isfinite(g).all(dim=1) & torch.isfinite(z.detach()).all(dim=1)
                 nnz = (g != 0).sum(dim=1).to(torch.float64)
                 nan = torch.full_like(nnz, math.nan)
-                sums.add_values(name, "grad_norm", g.to(torch.float64).norm(dim=1))
+                g_norm = g.to(torch.float64).norm(dim=1)
+                sums.add_values(name, "grad_norm", torch.where(finite_g, g_norm, nan))
                 sums.add_values(name, "sign_grad_norm", torch.where(finite_g, nnz.sqrt(), nan))
                 sums.add_values(name, "zero_grad", torch.where(finite_g, (nnz == 0).to(nnz.dtype), nan))
     return sums

@@ -1,0 +1,325 @@
+"""RobustnessMonitor: per-epoch adversarial accuracy and signal-propagation metrics.
+
+At the end of every ``every_n_epochs``-th validation epoch (never during the sanity check)
+the callback takes a fixed, seeded subset of the validation set (the same samples every
+epoch) and logs under ``robust/``:
+
+* ``robust/clean_acc`` and ``robust/<attack>_acc`` for each attack (accuracy over the whole
+  subset, misclassified samples count as non-robust);
+* the signal-propagation metrics of :mod:`bnnrobust.metrics.signal` (paper Table 12) over the
+  correctly classified samples, for β = 1 (``robust/jsv_mean``, ...), NJS β1
+  (``robust/njs/jsv_mean``, ...) and HNS β* (``robust/hns/jsv_mean``, ...);
+* ``robust/seconds``: wall time of the monitor (the slowest rank);
+* on rank zero, with a TensorBoard logger: histograms of the singular values of βJ
+  (``robust/jsv_hist``, ``robust/njs/jsv_hist``, ``robust/hns/jsv_hist``) and the Hessian-norm
+  figure ``robust/hessian_norm`` (paper Fig. 3).
+
+DDP: the subset is cut into batches of ``batch_size`` in a fixed order and batch ``b`` is
+processed by rank ``b % world_size`` (no sampler padding, no duplicates); every batch seeds its
+attacks' random starts with ``seed + b``, so each sample sees the same computation whatever the
+number of ranks. Counts and signal sums are reduced with SUM/MIN/MAX collectives that every
+rank calls; only then are they turned into accuracies, means and stds. The logged values are
+therefore those of a single-process run on the same subset (up to float summation order).
+Images and histograms are written on rank zero only, after all collectives.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from bnnrobust.attacks.base import Attack, eval_mode
+from bnnrobust.metrics.signal import HNS, SignalStats, SignalSums, signal_sums
+
+#: preset used when the data module has no ``dataset_name``
+FALLBACK_DATASET = "fmnist"
+
+#: signal variants and their tag prefixes
+VARIANT_PREFIX: dict[str, str] = {"original": "robust/", "njs": "robust/njs/", "hns": "robust/hns/"}
+
+
+def _reduce_fn(device: torch.device) -> Callable[[Tensor, str], Tensor]:
+    """All-reduce over the default process group (identity outside DDP)."""
+    import torch.distributed as dist
+
+    active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    ops = {"sum": "SUM", "min": "MIN", "max": "MAX"} if active else {}
+
+    def fn(t: Tensor, op: str) -> Tensor:
+        if not active:
+            return t
+        t = t.to(device).contiguous()
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, ops[op]))
+        return t
+
+    return fn
+
+
+class RobustnessMonitor(Callback):
+    """Log adversarial accuracy and signal-propagation metrics every few epochs.
+
+    Args:
+        every_n_epochs: run at the end of validation of epochs ``n-1, 2n-1, ...`` (0-based),
+            i.e. every ``n`` epochs; always on ``trainer.validate``. Never during the sanity check.
+        num_samples: size of the fixed validation subset (same samples every epoch). Must not
+            exceed the validation set.
+        attacks: attack names or dicts for :func:`bnnrobust.attacks.factory.build_attack`
+            (``"pgd"``, ``"pgd++njs"``, ``{"name": "pgd", "steps": 5}``...). ``None``: the
+            dataset's ``"quick"`` preset (:func:`bnnrobust.attacks.presets.preset_attacks`).
+            Unknown names fail at setup, before training.
+        seed: seed of the subset choice and of the attacks' random starts (batch ``b`` uses
+            ``seed + b``).
+        batch_size: samples per attack/Jacobian batch (per rank). The Jacobian forward sees
+            ``min(batch_size, 32) * d`` images at once.
+        histogram: log histograms of the Jacobian singular values (TensorBoard only).
+        hessian_figure: log the Hessian-norm-vs-β figure of a few correct samples (TensorBoard only).
+        n_jsv: reference samples (the first of the subset) for the NJS β1 of the metrics and of
+            every NJS attack, so that all batches and ranks share one β1.
+        hns_grid: HNS grid size of the metrics.
+        hessian_samples: samples drawn in the Hessian figure.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        num_samples: int = 512,
+        attacks: list[str | dict[str, Any]] | None = None,
+        seed: int = 0,
+        batch_size: int = 128,
+        histogram: bool = True,
+        hessian_figure: bool = True,
+        n_jsv: int = 100,
+        hns_grid: int = 100,
+        hessian_samples: int = 4,
+    ) -> None:
+        super().__init__()
+        for name, value in (("every_n_epochs", every_n_epochs), ("num_samples", num_samples),
+                            ("batch_size", batch_size), ("n_jsv", n_jsv),
+                            ("hessian_samples", hessian_samples)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"RobustnessMonitor: {name} must be an integer >= 1, got {value!r}.")
+        if isinstance(hns_grid, bool) or not isinstance(hns_grid, int) or hns_grid < 3:
+            raise ValueError(f"RobustnessMonitor: hns_grid must be an integer >= 3, got {hns_grid!r}.")
+        if attacks is not None and (isinstance(attacks, str | dict) or not isinstance(attacks, Sequence)):
+            raise TypeError(f"RobustnessMonitor: attacks must be a list of names or dicts, got {attacks!r}.")
+        self.every_n_epochs = every_n_epochs
+        self.num_samples = num_samples
+        self.attack_specs = None if attacks is None else list(attacks)
+        self.seed = int(seed)
+        self.batch_size = batch_size
+        self.histogram = histogram
+        self.hessian_figure = hessian_figure
+        self.n_jsv = n_jsv
+        self.hns_grid = hns_grid
+        self.hessian_samples = hessian_samples
+        self.attacks: list[Attack] = []
+        self.attack_tags: list[str] = []
+        self.dataset_name: str | None = None
+        self._cache: dict[str, Any] | None = None
+        #: scalars of the last run (identical on every rank), for scripts and tests
+        self.last_metrics: dict[str, float] = {}
+        #: finalized signal statistics of the last run
+        self.last_stats: SignalStats | None = None
+
+    # -- setup: attacks are built (and validated) before any training -----------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        name = getattr(datamodule, "dataset_name", None)
+        if not name or name == "unknown":
+            rank_zero_warn(
+                f"RobustnessMonitor: the data module has no dataset_name; using the "
+                f"{FALLBACK_DATASET!r} attack presets (eps/steps may not fit the data)."
+            )
+            name = FALLBACK_DATASET
+        self.dataset_name = str(name)
+        self.attacks, self.attack_tags = self._build_attacks(self.dataset_name)
+        if datamodule is not None and hasattr(datamodule, "val_dataloader"):
+            try:
+                dataset = datamodule.val_dataloader().dataset
+            except Exception:  # no validation split for this stage: checked at the first run
+                return
+            self._check_size(len(dataset))
+
+    def _build_attacks(self, dataset: str) -> tuple[list[Attack], list[str]]:
+        from bnnrobust.attacks.factory import build_attack
+
+        if self.attack_specs is None:
+            from bnnrobust.attacks.presets import preset_attacks
+
+            specs: list[Any] = list(preset_attacks(dataset, which="quick"))
+        else:
+            specs = self.attack_specs
+        attacks: list[Attack] = []
+        for i, spec in enumerate(specs):
+            try:
+                attacks.append(spec if isinstance(spec, Attack) else build_attack(spec, dataset=dataset))
+            except (ValueError, TypeError, KeyError) as err:
+                raise ValueError(f"RobustnessMonitor: attacks[{i}] = {spec!r} is invalid: {err}") from err
+        tags: list[str] = []
+        for attack in attacks:
+            tag, k = attack.name, 2
+            while tag in tags:
+                tag, k = f"{attack.name}_{k}", k + 1
+            tags.append(tag)
+        return attacks, tags
+
+    def _check_size(self, n_val: int) -> None:
+        if self.num_samples > n_val:
+            raise ValueError(
+                f"RobustnessMonitor: num_samples={self.num_samples} exceeds the {n_val} samples of "
+                f"the validation set; set num_samples <= {n_val}."
+            )
+
+    # -- the fixed subset -------------------------------------------------------------------
+    def _subset(self, trainer: L.Trainer) -> dict[str, Any]:
+        """Load this rank's batches of the fixed subset (once) and the NJS reference samples."""
+        key = (trainer.world_size, trainer.global_rank)
+        if self._cache is not None and self._cache["key"] == key:
+            return self._cache
+        loaders = trainer.val_dataloaders
+        if isinstance(loaders, list | tuple):
+            loaders = loaders[0] if loaders else None
+        if loaders is None and getattr(trainer, "datamodule", None) is not None:
+            loaders = trainer.datamodule.val_dataloader()
+        if loaders is None:
+            raise RuntimeError("RobustnessMonitor needs a validation dataloader.")
+        dataset = loaders.dataset
+        self._check_size(len(dataset))
+        g = torch.Generator().manual_seed(self.seed)
+        indices = torch.randperm(len(dataset), generator=g)[: self.num_samples].tolist()
+
+        def load(idx: Sequence[int]) -> tuple[Tensor, Tensor]:
+            items = [dataset[i] for i in idx]
+            x = torch.stack([torch.as_tensor(it[0]) for it in items]).float()
+            y = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
+            return x, y
+
+        with torch.inference_mode(False):
+            n_batches = math.ceil(len(indices) / self.batch_size)
+            local = [(b, *load(indices[b * self.batch_size:(b + 1) * self.batch_size]))
+                     for b in range(n_batches) if b % trainer.world_size == trainer.global_rank]
+            ref = load(indices[: self.n_jsv])
+        self._cache = {"key": key, "local": local, "ref": ref}
+        return self._cache
+
+    # -- the hook ---------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting and (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            return
+        if not self.attacks and self.attack_specs is None:  # setup() was not called
+            self.setup(trainer, pl_module, "validate")
+        model: nn.Module = getattr(pl_module, "model", pl_module)
+        device = pl_module.device
+        start = time.perf_counter()
+        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+            stats, accs, beta1, first = self._evaluate(trainer, model, device)
+        seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=device)
+        seconds = _reduce_fn(device)(seconds, "max")
+
+        metrics: dict[str, float] = {"robust/clean_acc": stats.clean_acc}
+        metrics.update({f"robust/{tag}_acc": acc for tag, acc in zip(self.attack_tags, accs, strict=True)})
+        for variant in stats.variants:
+            prefix = VARIANT_PREFIX[variant]
+            for key, value in stats.summary(variant).items():
+                if key == "beta" and variant == "original":
+                    continue
+                metrics[prefix + key] = value
+        metrics["robust/seconds"] = float(seconds[0])
+        self.last_metrics = metrics
+        self.last_stats = stats
+        for name, value in metrics.items():
+            # identical on every rank: "max" syncs exactly (no rounding), and keeps the value
+            # usable by ModelCheckpoint/EarlyStopping on every rank
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+
+        if trainer.is_global_zero:  # side effects only, after every collective
+            for note in stats.warnings:
+                rank_zero_warn(f"RobustnessMonitor (epoch {trainer.current_epoch}): {note}")
+            self._write_images(trainer, model, stats, beta1, first)
+
+    def _evaluate(self, trainer: L.Trainer, model: nn.Module,
+                  device: torch.device) -> tuple[SignalStats, list[float], float, Any]:
+        from bnnrobust.attacks.temperature import NJS, njs_temperature
+
+        cache = self._subset(trainer)
+        x_ref = cache["ref"][0].to(device)
+        beta1 = float(njs_temperature(model, x_ref, n_jsv=self.n_jsv))
+        for attack in self.attacks:
+            if isinstance(getattr(attack, "temperature", None), NJS):
+                attack.temperature.calibrate(model, x_ref)  # one β1 for every batch and rank
+        betas: dict[str, float | str] = {"original": 1.0, "njs": beta1, "hns": HNS}
+        sums = SignalSums.empty(tuple(betas), device=device)
+        counts = torch.zeros(len(self.attacks), dtype=torch.float64, device=device)
+        for b, x_cpu, y_cpu in cache["local"]:
+            x, y = x_cpu.to(device), y_cpu.to(device)
+            sums = sums + signal_sums(model, x, y, betas, n_grid=self.hns_grid)
+            for i, attack in enumerate(self.attacks):
+                attack.seed = self.seed + b
+                x_adv = attack(model, x, y)
+                with torch.no_grad():
+                    counts[i] += (model(x_adv).argmax(dim=1) == y).sum()
+        reduce = _reduce_fn(device)
+        sums = sums.reduce(reduce)
+        counts = reduce(counts, "sum")
+        stats = sums.finalize()
+        n = max(stats.n_samples, 1)
+        accs = [float(c) / n for c in counts.cpu().tolist()]
+        first = cache["local"][0] if cache["local"] else None
+        return stats, accs, beta1, first
+
+    # -- rank-zero side effects -------------------------------------------------------------
+    def _write_images(self, trainer: L.Trainer, model: nn.Module, stats: SignalStats,
+                      beta1: float, first: Any) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers or not (self.histogram or self.hessian_figure):
+            return
+        step = trainer.global_step
+        for logger in loggers:
+            exp = logger.experiment
+            if self.histogram:
+                for variant in stats.variants:
+                    self._add_histogram(exp, VARIANT_PREFIX[variant] + "jsv_hist", stats, variant, step)
+        if self.hessian_figure and first is not None:
+            from bnnrobust.metrics.hessian_curve import hessian_figure
+
+            _, x, y = first
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            with torch.inference_mode(False), torch.enable_grad():
+                fig = hessian_figure(model, x.to(device), y.to(device), n_samples=self.hessian_samples,
+                                     marks={"NJS β1": beta1})
+            if fig is not None:
+                for logger in loggers:
+                    logger.experiment.add_figure("robust/hessian_norm", fig, step, close=True)
+
+    @staticmethod
+    def _add_histogram(exp: Any, tag: str, stats: SignalStats, variant: str, step: int) -> None:
+        q = stats.stats[variant]["jsv"]
+        counts = stats.hist[variant]
+        nonzero = [i for i, c in enumerate(counts) if c > 0]
+        if not nonzero or not (math.isfinite(q.min) and math.isfinite(q.max)):
+            return
+        lo, hi = nonzero[0], nonzero[-1] + 1
+        limits = list(stats.hist_limits[lo:hi])
+        if limits[-1] > 1e299:  # the catch-all bucket: close it at the largest value
+            limits[-1] = q.max
+        exp.add_histogram_raw(
+            tag, min=q.min, max=q.max, num=q.n, sum=q.mean * q.n,
+            sum_squares=(q.std**2 + q.mean**2) * q.n, bucket_limits=limits,
+            bucket_counts=counts[lo:hi], global_step=step,
+        )
+
+
+__all__ = ["RobustnessMonitor"]
