@@ -343,6 +343,10 @@ class APGD(Attack):
             logits = model(x)
         check_labels(logits, y)
         d = logits.shape[1]
+        need = {"ce": 2, "dlr": 3, "dlr_targeted": 4}[self.loss]
+        if d < need:
+            raise ValueError(f"{self.name}: loss {self.loss!r} needs at least {need} classes, the "
+                             f"model has d={d}; use loss='ce' for models with fewer classes.")
         robust = logits.argmax(1) == y
         if self.temperature is not None:
             self.temperature.prepare(model, x)  # e.g. NJS calibrates β1 on the clean batch
