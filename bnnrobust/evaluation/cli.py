@@ -1,0 +1,291 @@
+"""``python evaluate.py --config configs/eval/X.yaml --ckpt PATH [flags]``.
+
+Every YAML key is also a flag of the same name (jsonargparse; flags win over the YAML;
+``--signal-propagation`` and ``--signal_propagation`` are the same flag)::
+
+    ckpt: logs/fmnist_bc/checkpoints/last.ckpt   # or --ckpt
+    train_config: null        # training YAML, when the checkpoint lacks the network's config
+    attacks: paper            # a preset (paper | strongest | quick) or a list of names/dicts
+    n: 1000                   # first n samples of the split (null = all)
+    batch_size: 256
+    seed: 0
+    split: test               # test | val
+    device: auto              # auto | cpu | cuda | cuda:1
+    dataset: null             # preset dataset; default: the checkpoint's data module
+    data: {}                  # data module overrides, e.g. {data_dir: /data/fmnist}
+    output: null              # JSON path; default <run>/eval/results.json (+ .md next to it)
+    save_adv: null            # folder for adversarial examples (<attack>.pt)
+    sweep: false              # also run an accuracy-vs-eps sweep
+    sweep_eps: [0.0, 0.02, 0.05, 0.1, 0.2]
+    sweep_attacks: [fgsm, pgd]
+    signal_propagation: false # paper Table 12 rows on the first signal_n samples
+    signal_n: 500
+
+Lists can be given as ``--attacks pgd pgd++njs`` or ``--attacks '[pgd, {name: pgd, eps: 0.05}]'``;
+``--preset quick`` is shorthand for ``--attacks quick``. Under ``torchrun`` (``WORLD_SIZE``
+> 1) the process group is initialized and the samples are sharded over the processes; the
+reports are written by rank 0 (see ``docs/evaluation.md``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["build_parser", "main", "normalize_argv", "resolve_attacks"]
+
+PRESET_NAMES = ("paper", "strongest", "quick")
+_LIST_FLAGS = ("--attacks", "--sweep_eps", "--sweep_attacks")
+_BOOL_FLAGS = ("--sweep", "--signal_propagation", "--progress")
+
+
+class EvalError(ValueError):
+    """A user error of the evaluation command (printed as one paragraph, exit code 2)."""
+
+
+def build_parser() -> Any:
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    p = ArgumentParser(prog="evaluate.py", description=(
+        "Evaluate a trained checkpoint: clean accuracy and adversarial accuracy per attack "
+        "(eps in [0, 1] pixel units, accuracies in percent), written as JSON and Markdown."),
+        default_env=False)
+    p.add_argument("--config", action=ActionConfigFile, help="Evaluation YAML (configs/eval/*.yaml).")
+    p.add_argument("--ckpt", type=str | None, default=None, help="Checkpoint written by train.py.")
+    p.add_argument("--train_config", type=str | None, default=None,
+                   help="Training YAML to rebuild the model (else the checkpoint's hyperparameters).")
+    p.add_argument("--attacks", type=list[str | dict[str, Any]] | str | None, default="paper",
+                   help="Preset name (paper | strongest | quick) or list of attack names/dicts.")
+    p.add_argument("--n", type=int | None, default=1000, help="Evaluate the first n samples (null: all).")
+    p.add_argument("--batch_size", type=int, default=256, help="Samples per attack batch.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the attacks' random starts.")
+    p.add_argument("--split", type=Literal["test", "val"], default="test", help="Data split.")
+    p.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N.")
+    p.add_argument("--dataset", type=str | None, default=None,
+                   help="Dataset whose presets to use (default: the checkpoint's data module).")
+    p.add_argument("--data", type=dict[str, Any] | None, default=None,
+                   help="Data module init overrides, e.g. '{data_dir: /data}'.")
+    p.add_argument("--output", type=str | None, default=None,
+                   help="Results JSON path (default <run>/eval/results.json); Markdown next to it.")
+    p.add_argument("--save_adv", type=str | None, default=None,
+                   help="Folder for adversarial examples, one <attack>.pt per attack.")
+    p.add_argument("--sweep", type=bool, default=False, help="Also run an accuracy-vs-eps sweep.")
+    p.add_argument("--sweep_eps", type=list[float] | None, default=None,
+                   help="eps values of the sweep (pixel units); default: 0..2x the preset's PGD eps.")
+    p.add_argument("--sweep_attacks", type=list[str | dict[str, Any]] | None, default=None,
+                   help="Attacks of the sweep (default: fgsm, pgd, pgd++njs, pgd++hns).")
+    p.add_argument("--signal_propagation", type=bool, default=False,
+                   help="Print and save the paper's Table 12 signal-propagation rows.")
+    p.add_argument("--signal_n", type=int, default=500, help="Samples for --signal_propagation.")
+    p.add_argument("--progress", type=bool, default=True, help="Show progress bars.")
+    return p
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Dashes → underscores in flag names; ``--preset X`` → ``--attacks X``; space lists → YAML
+    lists; a bare boolean flag (``--sweep``) → ``--sweep true``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok.startswith("--") and len(tok) > 2:
+            name, eq, value = tok.partition("=")
+            name = "--" + name[2:].replace("-", "_")
+            if name == "--preset":
+                name = "--attacks"
+            if name in _BOOL_FLAGS and not eq and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+                out += [name, "true"]  # a bare boolean flag means true
+                i += 1
+                continue
+            if name in _LIST_FLAGS and not eq:
+                values = []
+                j = i + 1
+                while j < len(argv) and not argv[j].startswith("--"):
+                    values.append(argv[j])
+                    j += 1
+                if len(values) > 1:
+                    out += [name, "[" + ", ".join(values) + "]"]
+                    i = j
+                    continue
+                if len(values) == 1 and name != "--attacks" and not values[0].lstrip().startswith("["):
+                    out += [name, f"[{values[0]}]"]
+                    i = j
+                    continue
+            out.append(name + eq + value)
+        else:
+            out.append(tok)
+        i += 1
+    return out
+
+
+def resolve_attacks(spec: Any, dataset: str | None, seed: int | None = None) -> dict[str, Any]:
+    """``"paper"``/``"strongest"``/``"quick"`` or a list of names/dicts → ``{name: Attack}``."""
+    from bnnrobust.attacks.factory import build_attack, list_attacks
+    from bnnrobust.attacks.presets import preset_attacks
+
+    if spec is None or spec == []:
+        return {}
+    if isinstance(spec, str):
+        if spec.strip().lower() in PRESET_NAMES:
+            if dataset is None:
+                raise EvalError(f"The attack preset {spec!r} needs a dataset; give --dataset "
+                                "(cifar10, cifar100, fmnist, mnist, synthetic).")
+            return preset_attacks(dataset, spec.strip().lower())
+        spec = [spec]
+    attacks: dict[str, Any] = {}
+    for item in spec:
+        if isinstance(item, str) and item.strip().lower() in PRESET_NAMES:
+            for name, atk in resolve_attacks(item, dataset, seed).items():
+                attacks.setdefault(name, atk)
+            continue
+        try:
+            atk = build_attack(item, dataset=dataset)
+        except (ValueError, TypeError) as err:
+            raise EvalError(f"Bad attack {item!r}: {err} (known names: {', '.join(list_attacks())}; "
+                            f"presets: {', '.join(PRESET_NAMES)}).") from None
+        label = item.get("label") if isinstance(item, dict) else None
+        name = str(label or atk.name)
+        if name in attacks:
+            raise EvalError(f"The attack name {name!r} appears twice; give the dicts distinct "
+                            "'label' keys, e.g. {name: pgd, eps: 0.05, label: pgd_eps0.05}.")
+        attacks[name] = atk
+    return attacks
+
+
+def _init_distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and dist.is_available() and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _dataset_name(system: Any, datamodule: Any, override: str | None) -> str | None:
+    if override:
+        return override
+    name = getattr(datamodule, "dataset_name", None)
+    if name and name != "unknown":
+        return str(name)
+    return getattr(system, "attack_dataset", None)
+
+
+def _split_data(datamodule: Any, split: str) -> Any:
+    if datamodule is None:
+        raise EvalError("The checkpoint stores no data module; pass the training config with "
+                        "--train_config so that the evaluation data can be built.")
+    datamodule.prepare_data()
+    datamodule.setup("test" if split == "test" else "validate")
+    ds = datamodule.test_set if split == "test" else datamodule.val_set
+    if ds is None:
+        raise EvalError(f"The data module {type(datamodule).__name__} has no {split} split.")
+    return ds
+
+
+def _first(ds: Any, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    from bnnrobust.evaluation.runner import _Samples
+
+    src = _Samples(ds, n)
+    total = len(src) if n is None else min(n, len(src))
+    return src.get(0, total)
+
+
+def _default_sweep_eps(attacks: dict[str, Any]) -> list[float]:
+    eps = [float(a.describe().get("eps")) for a in attacks.values()
+           if isinstance(a.describe().get("eps"), int | float) and a.describe().get("norm") == "linf"]
+    top = max(eps) if eps else 8 / 255
+    return [round(top * f, 6) for f in (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)]
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """Run an evaluation from a parsed config (see module docstring); returns the JSON body."""
+    from bnnrobust.evaluation.checkpoint import load_system, run_dir_of
+    from bnnrobust.evaluation.report import format_table, write_reports
+    from bnnrobust.evaluation.runner import adv_path, evaluate, resolve_device
+
+    if not cfg.ckpt:
+        raise EvalError("No checkpoint given; pass --ckpt PATH (a .ckpt written by train.py).")
+    if cfg.n is not None and cfg.n < 1:
+        raise EvalError(f"--n must be a positive integer or null (all samples), got {cfg.n!r}.")
+    if cfg.batch_size < 1:
+        raise EvalError(f"--batch_size must be >= 1, got {cfg.batch_size!r}.")
+    rank, world = _init_distributed()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    system, datamodule = load_system(cfg.ckpt, cfg.train_config, data_overrides=cfg.data)
+    model = system.model if hasattr(system, "model") else system
+    dataset = _dataset_name(system, datamodule, cfg.dataset)
+    attacks = resolve_attacks(cfg.attacks, dataset)
+    data = _split_data(datamodule, cfg.split)
+    out_json = Path(cfg.output) if cfg.output else run_dir_of(cfg.ckpt) / "eval" / "results.json"
+    result = evaluate(model, data, attacks, n=cfg.n, seed=cfg.seed, device=device,
+                      progress=cfg.progress, batch_size=cfg.batch_size, save_adv=cfg.save_adv)
+    extra: dict[str, Any] = {"checkpoint": str(cfg.ckpt), "dataset": dataset, "split": cfg.split}
+    md_extra: list[str] = []
+    if cfg.save_adv:
+        extra["adv_examples"] = {name: str(adv_path(cfg.save_adv, name)) for name in attacks}
+    if cfg.signal_propagation:
+        try:
+            from bnnrobust.metrics.signal import format_table as signal_table
+            from bnnrobust.metrics.signal import signal_propagation
+        except ImportError as err:
+            raise EvalError(f"--signal_propagation is not available: bnnrobust.metrics.signal "
+                            f"cannot be imported ({err}).") from None
+        xs, ys = _first(data, min(cfg.signal_n, cfg.n or cfg.signal_n))
+        stats = signal_propagation(model.to(device), xs.to(device), ys.to(device))
+        table = signal_table(stats)
+        extra["signal_propagation"] = stats.to_dict()
+        md_extra.append("## Signal propagation (paper Table 12)\n\n" + table)
+        if rank == 0:
+            print("\nSignal propagation (paper Table 12):\n" + table)
+    if cfg.sweep:
+        from bnnrobust.evaluation.sweep import eps_sweep
+
+        xs, ys = _first(data, cfg.n)
+        sweep_attacks = cfg.sweep_attacks or ["fgsm", "pgd", "pgd++njs", "pgd++hns"]
+        eps_list = cfg.sweep_eps if cfg.sweep_eps is not None else _default_sweep_eps(attacks)
+        sweep_json = out_json.with_name(out_json.stem + "_sweep.json")
+        sweep = eps_sweep(model, xs, ys, sweep_attacks, eps_list, dataset=dataset, seed=cfg.seed,
+                          batch_size=cfg.batch_size, device=device, progress=cfg.progress,
+                          json_path=sweep_json if rank == 0 else None,
+                          png_path=sweep_json.with_suffix(".png") if rank == 0 else None)
+        extra["sweep"] = {"json": str(sweep_json), "png": str(sweep_json.with_suffix(".png")),
+                          "non_monotone": sweep["non_monotone"]}
+        if sweep["non_monotone"] and rank == 0:
+            print(f"warning: accuracy rises with eps for {sweep['non_monotone']} "
+                  "(a sign of gradient masking).", file=sys.stderr)
+    body: dict[str, Any] = {}
+    if rank == 0:
+        title = f"{Path(cfg.ckpt).name} ({dataset}, {cfg.split})"
+        body = write_reports(result, out_json, title=title,
+                             markdown_extra="\n\n".join(md_extra) or None, **extra)
+        print(format_table(result, title))
+        print(f"results: {out_json}  (Markdown: {out_json.with_suffix('.md')})")
+    return body
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """Entry point of ``evaluate.py`` / ``python -m bnnrobust.evaluation.cli``."""
+    from bnnrobust.evaluation.checkpoint import CheckpointError
+
+    argv = normalize_argv(list(sys.argv[1:] if args is None else args))
+    cfg = build_parser().parse_args(argv)
+    try:
+        return run(cfg)
+    except (CheckpointError, EvalError, ValueError, TypeError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
