@@ -135,10 +135,17 @@ class RobustnessMonitor(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = getattr(trainer, "datamodule", None)
         name = getattr(datamodule, "dataset_name", None)
-        if not name or name == "unknown":
+        from bnnrobust.attacks.presets import canonical_dataset
+
+        try:
+            name = canonical_dataset(name) if name else None
+        except ValueError:
+            name = None
+        if name is None:
             rank_zero_warn(
-                f"RobustnessMonitor: the data module has no dataset_name; using the "
-                f"{FALLBACK_DATASET!r} attack presets (eps/steps may not fit the data)."
+                f"RobustnessMonitor: the data module has no dataset_name with attack presets "
+                f"(got {getattr(datamodule, 'dataset_name', None)!r}); using the "
+                f"{FALLBACK_DATASET!r} presets (eps/steps may not fit the data)."
             )
             name = FALLBACK_DATASET
         self.dataset_name = str(name)
@@ -156,7 +163,7 @@ class RobustnessMonitor(Callback):
         if self.attack_specs is None:
             from bnnrobust.attacks.presets import preset_attacks
 
-            specs: list[Any] = list(preset_attacks(dataset, which="quick"))
+            specs: list[Any] = list(preset_attacks(dataset, which="quick").values())
         else:
             specs = self.attack_specs
         attacks: list[Attack] = []
