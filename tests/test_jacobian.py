@@ -55,19 +55,21 @@ def test_matches_jacrev_and_chunking() -> None:
     model = _conv_net()
     x = torch.rand(5, 1, 8, 8, dtype=torch.float64)
     ref = _reference_jacobian(model, x)
-    for chunk in (1, 2, 32):
-        jac = input_jacobian(model, x, chunk_size=chunk)
-        assert jac.shape == (5, 5, 64)
-        assert not jac.requires_grad
-        torch.testing.assert_close(jac, ref)
+    for method in ("repeat", "loop", "auto"):
+        for chunk in (1, 2, 32):
+            jac = input_jacobian(model, x, chunk_size=chunk, method=method)
+            assert jac.shape == (5, 5, 64)
+            assert not jac.requires_grad
+            torch.testing.assert_close(jac, ref)
     jac, logits = input_jacobian_and_logits(model, x, num_classes=5)
     torch.testing.assert_close(logits, model(x).detach())
 
 
-def test_works_through_custom_autograd_function() -> None:
+@pytest.mark.parametrize("method", ["repeat", "loop"])
+def test_works_through_custom_autograd_function(method: str) -> None:
     model = _SignNet()
     x = torch.rand(3, 1, 4, 4) * 0.2
-    jac = input_jacobian(model, x)
+    jac = input_jacobian(model, x, method=method)
     # reference: one backward per (sample, class) row
     ref = torch.zeros(3, 4, 16)
     for i in range(3):
@@ -78,14 +80,15 @@ def test_works_through_custom_autograd_function() -> None:
     torch.testing.assert_close(jac, ref)
 
 
-def test_mode_and_parameter_grads_untouched() -> None:
+@pytest.mark.parametrize("method", ["repeat", "loop"])
+def test_mode_and_parameter_grads_untouched(method: str) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Dropout(0.0), nn.Linear(8, 3))
     model.train()
     model[2].eval()
     flags = [m.training for m in model.modules()]
     for p in model.parameters():
         p.grad = torch.full_like(p, 7.0)
-    input_jacobian(model, torch.rand(4, 1, 4, 4))
+    input_jacobian(model, torch.rand(4, 1, 4, 4), method=method)
     assert [m.training for m in model.modules()] == flags
     for p in model.parameters():
         assert torch.equal(p.grad, torch.full_like(p, 7.0))
@@ -107,6 +110,21 @@ def test_singular_values_match_svd_including_wide_case() -> None:
     torch.testing.assert_close(svw[0], torch.linalg.svdvals(wide.weight), rtol=1e-6, atol=1e-6)
 
 
-def test_bad_chunk_size() -> None:
+def test_bad_arguments_and_constant_logits() -> None:
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="chunk_size"):
-        input_jacobian(_conv_net(), torch.rand(2, 1, 8, 8, dtype=torch.float64), chunk_size=0)
+        input_jacobian(_conv_net(), x, chunk_size=0)
+    with pytest.raises(ValueError, match="repeat"):
+        input_jacobian(_conv_net(), x, method="vmap")
+    with pytest.raises(ValueError, match="logits"):
+        input_jacobian(nn.Identity(), x)
+
+    class Half(nn.Module):  # logit 1 ignores the input: a zero Jacobian row, not an error
+        def forward(self, v: Tensor) -> Tensor:
+            s = v.flatten(1).sum(1, keepdim=True)
+            return torch.cat([s, torch.zeros_like(s).detach()], dim=1)
+
+    for method in ("repeat", "loop"):
+        jac = input_jacobian(Half(), x, method=method)
+        assert torch.equal(jac[:, 1], torch.zeros_like(jac[:, 1]))
+        assert torch.equal(jac[:, 0], torch.ones_like(jac[:, 0]))

@@ -1,10 +1,13 @@
 """Input-output Jacobians of a classifier, batched and without ``vmap``.
 
-``J(x) = ∂f(x)/∂x`` has shape (d, N) per sample, N = C·H·W. We get every row in one
-backward pass: each sample is repeated d times, row k of the repeated block back-propagates
-the k-th logit only (``Σ_k f_k(x_k)`` where ``x_k`` is the k-th copy). This needs only the
-ordinary autograd, so it works through custom ``torch.autograd.Function`` sign/STE layers
-(``torch.func`` would need them to define ``vmap`` rules).
+``J(x) = ∂f(x)/∂x`` has shape (d, N) per sample, N = C·H·W. Two batched ways, both with
+ordinary autograd only, so they work through custom ``torch.autograd.Function`` sign/STE
+layers (``torch.func`` would need them to define ``vmap`` rules):
+
+* ``"repeat"``: each sample is repeated d times and copy k back-propagates the k-th logit
+  only (``Σ_k f_k(x_k)``): one forward, one backward per chunk;
+* ``"loop"``: one forward per chunk, then d backward passes through the retained graph
+  (no repeated forward: faster on CPU).
 
 The model's own train/eval mode is left untouched (callers decide; attacks run in eval mode,
 where BatchNorm does not mix the copies). Parameters' ``.grad`` are left untouched (gradients
@@ -25,54 +28,122 @@ def _num_classes(model: nn.Module, x: Tensor) -> int:
     return int(out.shape[1])
 
 
+JACOBIAN_METHODS: tuple[str, ...] = ("auto", "repeat", "loop")
+
+
 def input_jacobian_and_logits(
-    model: nn.Module, x: Tensor, *, num_classes: int | None = None, chunk_size: int = 32
+    model: nn.Module,
+    x: Tensor,
+    *,
+    num_classes: int | None = None,
+    chunk_size: int = 32,
+    method: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Like :func:`input_jacobian`, also returning the (B, d) logits (detached) for free."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}.")
+    if method not in JACOBIAN_METHODS:
+        raise ValueError(
+            f"Unknown Jacobian method {method!r}; accepted: {', '.join(JACOBIAN_METHODS)}."
+        )
+    if method == "auto":
+        method = "loop" if x.device.type == "cpu" else "repeat"
     x = x.detach()
     b = x.shape[0]
     n = x[0].numel() if b else 0
-    d = num_classes if num_classes is not None else (_num_classes(model, x) if b else 0)
-    jac = x.new_zeros((b, d, n))
-    logits_out = x.new_zeros((b, d))
-    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    if b == 0:
+        d = num_classes or 0
+        return x.new_zeros((0, d, n)), x.new_zeros((0, d))
+    jac: Tensor | None = None
+    logits_out: Tensor | None = None
+    d_rep = 0
+    if method == "repeat":
+        d_rep = num_classes if num_classes is not None else _num_classes(model, x)
     with torch.enable_grad():
         for start in range(0, b, chunk_size):
             xc = x[start : start + chunk_size]
             bc = xc.shape[0]
-            x_rep = xc.repeat_interleave(d, dim=0).requires_grad_(True)  # (bc*d, ...)
-            logits = model(x_rep)
-            if logits.shape != (bc * d, d):
-                raise ValueError(
-                    f"The model must return (B, d) logits with d={d}, got {tuple(logits.shape)}."
+            if method == "repeat":
+                d = d_rep
+                x_in = xc.repeat_interleave(d, dim=0).requires_grad_(True)  # (bc*d, ...)
+                logits = model(x_in)
+                _check_logits(logits, bc * d, d)
+                blocks = logits.view(bc, d, d)
+                eye = torch.eye(d, dtype=blocks.dtype, device=blocks.device)
+                # copy k of each sample back-propagates logit k only: one backward
+                (grad,) = torch.autograd.grad((blocks * eye).sum(), x_in, allow_unused=True)
+                rows = _or_zeros(grad, x_in).reshape(bc, d, n)
+                logits_c = blocks[:, 0]
+            else:
+                x_in = xc.clone().requires_grad_(True)
+                logits_c = model(x_in)
+                d = logits_c.shape[-1] if logits_c.dim() == 2 else -1
+                _check_logits(logits_c, bc, d if num_classes is None else num_classes)
+                # one forward, d backward passes through the retained graph
+                rows = torch.stack(
+                    [
+                        _or_zeros(
+                            torch.autograd.grad(
+                                logits_c[:, k].sum(),
+                                x_in,
+                                retain_graph=k < d - 1,
+                                allow_unused=True,
+                            )[0],
+                            x_in,
+                        ).reshape(bc, n)
+                        for k in range(d)
+                    ],
+                    dim=1,
                 )
-            blocks = logits.view(bc, d, d)
-            # copy k of each sample back-propagates logit k only
-            selected = (blocks * eye.to(blocks.dtype)).sum()
-            (grad,) = torch.autograd.grad(selected, x_rep)
-            jac[start : start + bc] = grad.reshape(bc, d, n)
-            logits_out[start : start + bc] = blocks[:, 0].detach()
+            if jac is None or logits_out is None:
+                jac = x.new_zeros((b, d, n))
+                logits_out = x.new_zeros((b, d))
+            jac[start : start + bc] = rows
+            logits_out[start : start + bc] = logits_c.detach()
+    assert jac is not None and logits_out is not None
     return jac, logits_out
 
 
+def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
+    """A logit that does not depend on the input has a zero Jacobian row."""
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _check_logits(logits: Tensor, rows: int, d: int) -> None:
+    if logits.dim() != 2 or logits.shape != (rows, d):
+        raise ValueError(
+            f"The model must return (B, d) logits (B={rows}, d={d}), got {tuple(logits.shape)}."
+        )
+
+
 def input_jacobian(
-    model: nn.Module, x: Tensor, *, num_classes: int | None = None, chunk_size: int = 32
+    model: nn.Module,
+    x: Tensor,
+    *,
+    num_classes: int | None = None,
+    chunk_size: int = 32,
+    method: str = "auto",
 ) -> Tensor:
     """Jacobian of the logits with respect to the input, per sample.
 
     Args:
         model: maps (B, ...) inputs to (B, d) logits.
         x: (B, ...) inputs (any float tensor; attacks pass images in [0, 1]).
-        num_classes: d, if known (otherwise read from one extra forward of ``x[:1]``).
-        chunk_size: samples per forward; each forward sees ``chunk_size * d`` inputs, so
-            memory grows with ``chunk_size * d``.
+        num_classes: d, if known (saves the extra one-sample forward of ``"repeat"``).
+        chunk_size: samples per chunk; memory grows with ``chunk_size * d``.
+        method: ``"repeat"`` — one forward of each chunk repeated d times and one backward
+            (best on GPUs); ``"loop"`` — one forward of the chunk and d backward passes
+            through the retained graph (best on CPUs: no repeated forward); ``"auto"`` picks
+            ``"loop"`` on CPU and ``"repeat"`` elsewhere. Both use plain autograd only (no
+            ``vmap``), so custom autograd Functions work, and both give the same result.
+            Repeating every sample d times leaves BatchNorm batch statistics unchanged.
 
     Returns:
         (B, d, N) detached tensor in ``x``'s dtype, N = ``x[0].numel()``.
     """
-    return input_jacobian_and_logits(model, x, num_classes=num_classes, chunk_size=chunk_size)[0]
+    return input_jacobian_and_logits(
+        model, x, num_classes=num_classes, chunk_size=chunk_size, method=method
+    )[0]
 
 
 def gram_from_jacobian(jac: Tensor) -> Tensor:
@@ -90,13 +161,18 @@ def singular_values_from_gram(gram: Tensor, n_inputs: int | None = None) -> Tens
 
 
 def jacobian_singular_values(
-    model: nn.Module, x: Tensor, *, num_classes: int | None = None, chunk_size: int = 32
+    model: nn.Module,
+    x: Tensor,
+    *,
+    num_classes: int | None = None,
+    chunk_size: int = 32,
+    method: str = "auto",
 ) -> Tensor:
     """Singular values of ``J(x_i)`` for each sample: (B, min(d, N)), descending, float64 → x's dtype.
 
     Computed as the square roots of the eigenvalues of the d×d Gram matrix ``J Jᵀ``
     (clamped at 0), which is exact and far cheaper than an SVD of the d×N Jacobian.
     """
-    jac = input_jacobian(model, x, num_classes=num_classes, chunk_size=chunk_size)
+    jac = input_jacobian(model, x, num_classes=num_classes, chunk_size=chunk_size, method=method)
     sv = singular_values_from_gram(gram_from_jacobian(jac), jac.shape[-1])
     return sv.to(x.dtype)
