@@ -187,8 +187,7 @@ def test_step_inside_the_network_is_flagged_inside(kind: str, data: tuple[Tensor
     assert ev["input_connected"] is (kind == "round")
     layers = {layer["name"]: layer["zero_frac"] for layer in ev["layers"]}
     assert layers["0"] == 0.0 and layers["2"] == 0.0  # gradient reaches the step's output
-    assert any(r.startswith("zero gradients inside the network") and "'0'" in r
-               for r in zg.recommendations)
+    assert REC_INSIDE in zg.recommendations and "first vanishing at '0'" in zg.summary
     assert REC_PGDPP not in zg.recommendations
     assert diag["softmax_saturation"].verdict == "pass"
     sp = diag["signal_propagation"]
@@ -301,3 +300,29 @@ def test_seeded_subset_is_reproducible(float_mlp: nn.Module, data: tuple[Tensor,
     a = diagnose(float_mlp, x, y, eps=0.15, seed=5, **kw).to_dict()
     b = diagnose(float_mlp, x, y, eps=0.15, seed=5, **kw).to_dict()
     assert a["checks"]["more_iterations"]["evidence"] == b["checks"]["more_iterations"]["evidence"]
+
+
+# ----------------------------------------------------------------------------- evaluate.py --diagnose
+def test_evaluate_cli_diagnose_flag(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from helpers_models import train_tiny
+
+    from bnnrobust.evaluation.cli import main
+
+    ckpt, _ = train_tiny(str(tmp_path), network="tiny")
+    out = tmp_path / "eval" / "results.json"
+    main(["--ckpt", ckpt, "--attacks", "[{name: pgd, eps: 0.03, steps: 2}]", "--n", "24",
+          "--diagnose", "--diagnose_quick", "--diagnose_n", "12", "--output", str(out),
+          "--progress", "false"])
+    diag_json = out.with_name("results_diagnosis.json")
+    d = json.loads(diag_json.read_text())
+    assert d["settings"]["eps"] == pytest.approx(0.03) and d["settings"]["n"] == 12
+    assert d["settings"]["quick"] is True and set(d["checks"]) == set(CHECKS)
+    assert not any(c["verdict"] == "error" for c in d["checks"].values()), d["checks"]
+    body = json.loads(out.read_text())
+    assert body["diagnosis"]["verdict"] == d["verdict"]
+    assert "Gradient-masking diagnosis" in capsys.readouterr().out
+    assert "Gradient-masking diagnosis" in out.with_suffix(".md").read_text()

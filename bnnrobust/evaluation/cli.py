@@ -20,6 +20,8 @@ Every YAML key is also a flag of the same name (jsonargparse; flags win over the
     sweep_attacks: [fgsm, pgd]
     signal_propagation: false # paper Table 12 rows on the first signal_n samples
     signal_n: 500
+    diagnose: false           # gradient-masking checklist (docs/diagnosis.md) -> <output>_diagnosis.json
+    diagnose_n: 200           # its seeded subset; diagnose_eps: null (largest L∞ eps of the attacks)
 
 Lists can be given as ``--attacks pgd pgd++njs`` or ``--attacks '[pgd, {name: pgd, eps: 0.05}]'``;
 ``--preset quick`` is shorthand for ``--attacks quick``. Under ``torchrun`` (``WORLD_SIZE``
@@ -40,7 +42,7 @@ __all__ = ["build_parser", "main", "normalize_argv", "resolve_attacks"]
 
 PRESET_NAMES = ("paper", "strongest", "quick")
 _LIST_FLAGS = ("--attacks", "--sweep_eps", "--sweep_attacks")
-_BOOL_FLAGS = ("--sweep", "--signal_propagation", "--progress")
+_BOOL_FLAGS = ("--sweep", "--signal_propagation", "--progress", "--diagnose", "--diagnose_quick")
 
 
 class EvalError(ValueError):
@@ -82,6 +84,14 @@ def build_parser() -> Any:
                    help="Print and save the paper's Table 12 signal-propagation rows.")
     p.add_argument("--signal_n", type=int, default=500, help="Samples for --signal_propagation.")
     p.add_argument("--progress", type=bool, default=True, help="Show progress bars.")
+    # -- gradient-masking diagnosis (bnnrobust/evaluation/diagnose.py, docs/diagnosis.md) --
+    p.add_argument("--diagnose", type=bool, default=False,
+                   help="Run the gradient-masking checklist and save <results>_diagnosis.json.")
+    p.add_argument("--diagnose_n", type=int, default=200, help="Seeded subset size of --diagnose.")
+    p.add_argument("--diagnose_eps", type=float | None, default=None,
+                   help="eps of --diagnose (pixel units; default: the largest L∞ eps of the attacks).")
+    p.add_argument("--diagnose_quick", type=bool, default=False,
+                   help="--diagnose with PGD capped at 50 steps and Square at 300 queries.")
     return p
 
 
@@ -111,7 +121,8 @@ def normalize_argv(argv: list[str]) -> list[str]:
                     out += [name, "[" + ", ".join(values) + "]"]
                     i = j
                     continue
-                if len(values) == 1 and name != "--attacks" and not values[0].lstrip().startswith("["):
+                single = values[0].lstrip() if len(values) == 1 else ""
+                if single and not single.startswith("[") and (name != "--attacks" or single.startswith("{")):
                     out += [name, f"[{values[0]}]"]
                     i = j
                     continue
@@ -264,6 +275,20 @@ def run(cfg: Any) -> dict[str, Any]:
         if sweep["non_monotone"] and rank == 0:
             print(f"warning: accuracy rises with eps for {sweep['non_monotone']} "
                   "(a sign of gradient masking).", file=sys.stderr)
+    if cfg.diagnose and rank == 0:  # gradient-masking checklist (docs/diagnosis.md)
+        from bnnrobust.evaluation.diagnose import cli_diagnose
+
+        xs, ys = _first(data, cfg.n)
+        diag = cli_diagnose(model.to(device), xs, ys, attacks=attacks, eps=cfg.diagnose_eps,
+                            n_samples=cfg.diagnose_n, seed=cfg.seed, batch_size=cfg.batch_size,
+                            quick=cfg.diagnose_quick, progress=cfg.progress, device=device)
+        diag_json = out_json.with_name(out_json.stem + "_diagnosis.json")
+        diag_json.parent.mkdir(parents=True, exist_ok=True)
+        diag_json.write_text(diag.to_json())
+        extra["diagnosis"] = {"json": str(diag_json), "verdict": diag.verdict,
+                              "recommendations": diag.recommendations}
+        md_extra.append("## Gradient-masking diagnosis\n\n```\n" + diag.format() + "\n```")
+        print("\n" + diag.format())
     body: dict[str, Any] = {}
     if rank == 0:
         title = f"{Path(cfg.ckpt).name} ({dataset}, {cfg.split})"

@@ -68,6 +68,8 @@ __all__ = [
     "THRESHOLDS",
     "CheckResult",
     "Diagnosis",
+    "cli_diagnose",
+    "default_threat_model",
     "diagnose",
     "layer_gradient_zeros",
 ]
@@ -273,8 +275,10 @@ def _format_evidence(c: CheckResult) -> list[str]:
         out.append("eps → acc: " + ", ".join(f"{float(k):.4g}: {_pct(v)}" for k, v in ev["acc"].items()))
     elif c.name == "zero_gradients" and ev.get("layers"):
         zeros = [f"{layer['name']}: {_pct(layer['zero_frac'])}" for layer in reversed(ev["layers"])]
-        out.append("zero-gradient fraction per layer output (output → input): "
-                   + ", ".join(zeros[:12]) + (" ..." if len(zeros) > 12 else ""))
+        if len(zeros) > 12:
+            zeros = zeros[:11] + ["..."]
+        zeros.append(f"input x: {_pct(ev['zero_input_grad_frac'])}")
+        out.append("zero-gradient fraction per layer output, output → input: " + ", ".join(zeros))
     elif c.name == "signal_propagation" and "variants" in ev:
         for v, row in ev["variants"].items():
             out.append(f"{v:<8} β={row['beta']:.3g} jsv mean={row['jsv_mean']:.3g} "
@@ -574,8 +578,7 @@ class _Runner:
         if at_logits > t["zero_grad_warn"]:
             recs.append(REC_PGDPP)
         if inside > t["zero_grad_warn"]:
-            where = f" (gradients vanish at module '{vanish_name}')" if vanish_name else ""
-            recs.append(REC_INSIDE.replace("not at the logits", f"not at the logits{where}"))
+            recs.append(REC_INSIDE)
         summary = (f"the input gradient is all-zero for {_pct(zero)} of the {n_c} correctly classified "
                    f"samples (at the logits: {_pct(at_logits)}, inside the network: {_pct(inside)}"
                    + (f", first vanishing at '{vanish_name}'" if vanish_name else "")
@@ -972,3 +975,50 @@ def diagnose(
         "thresholds": dict(THRESHOLDS),
     }
     return Diagnosis(results, settings, run.clean_acc, time.perf_counter() - t0)
+
+
+# ============================================================================= CLI support
+def default_threat_model(attacks: dict[str, Any] | None) -> tuple[float, str]:
+    """``(eps, norm)`` for ``evaluate.py --diagnose`` without ``--diagnose_eps``: the largest
+    L∞ eps among the evaluation's attacks (else the largest L2 eps; else 8/255 L∞)."""
+    found: dict[str, list[float]] = {"linf": [], "l2": []}
+    for atk in (attacks or {}).values():
+        desc = atk.describe() if hasattr(atk, "describe") else {}
+        eps, norm = desc.get("eps"), desc.get("norm")
+        if isinstance(eps, int | float) and not isinstance(eps, bool) and eps > 0 and norm in found:
+            found[str(norm)].append(float(eps))
+    for norm in ("linf", "l2"):
+        if found[norm]:
+            return max(found[norm]), norm
+    return 8 / 255, "linf"
+
+
+def cli_diagnose(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    attacks: dict[str, Any] | None = None,
+    eps: float | None = None,
+    norm: str | None = None,
+    n_samples: int = 200,
+    seed: int = 0,
+    batch_size: int = 256,
+    quick: bool = False,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> Diagnosis:
+    """What ``evaluate.py --diagnose`` runs: :func:`diagnose` at the evaluation's threat model.
+
+    ``eps``/``norm`` default to :func:`default_threat_model` of the evaluation's attacks. ``x``
+    and ``y`` are moved to ``device`` (default: the model's device).
+    """
+    if eps is None:
+        eps, default_norm = default_threat_model(attacks)
+        norm = norm or default_norm
+    if device is None:
+        param = next(iter(model.parameters()), None)
+        device = param.device if param is not None else x.device
+    return diagnose(model, x.to(device), y.to(device), eps=eps, norm=norm or "linf",
+                    seed=seed, n_samples=n_samples, batch_size=batch_size, quick=quick,
+                    progress=progress)
