@@ -183,14 +183,17 @@ def njs_beta2(z: Tensor, y: Tensor, rho: float = 0.01) -> Tensor:
     else 1. ``γ = 0`` or non-finite logits give 1 (never NaN/inf).
     """
     with torch.no_grad():
-        zf = z.detach().double()
+        zf = z.detach()
+        if zf.dtype in (torch.float16, torch.bfloat16):
+            zf = zf.float()
         bound = njs_bound(zf.shape[1], rho)
         p_y = torch.softmax(zf, dim=1).gather(1, y.long()[:, None]).squeeze(1)
-        gamma = zf.amax(dim=1) - zf.amin(dim=1)
-        ok = (p_y > 1.0 - rho) & (gamma > 0) & torch.isfinite(gamma)
-        beta2 = torch.where(ok, bound / torch.where(ok, gamma, torch.ones_like(gamma)), 1.0)
-        beta2 = torch.where(torch.isfinite(beta2) & (beta2 > 0), beta2, torch.ones_like(beta2))
-    return beta2.to(torch.float32 if z.dtype in (torch.float16, torch.bfloat16) else z.dtype)
+        zmin, zmax = torch.aminmax(zf, dim=1)
+        gamma = zmax - zmin
+        # p_y > 1 - rho >= 1/2 implies gamma > 0; NaN logits fail the comparison
+        beta2 = torch.where(p_y > 1.0 - rho, bound / gamma, 1.0)
+        beta2 = torch.where(torch.isfinite(beta2) & (beta2 > 0), beta2, 1.0)
+    return beta2
 
 
 class NJS(Temperature):
