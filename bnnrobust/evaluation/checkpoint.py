@@ -52,6 +52,12 @@ def load_checkpoint_dict(ckpt_path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # not a refused class: a corrupt byte stream
+            raise CheckpointError(
+                f"Checkpoint {str(path)!r} is unreadable (corrupt or truncated file, or not a "
+                "PyTorch checkpoint; the safe loader weights_only=True failed: "
+                f"{str(err).splitlines()[0] if str(err) else type(err).__name__})."
+            ) from None
         raise CheckpointError(
             f"Checkpoint {str(path)!r} holds objects that are not plain tensors/containers and was "
             f"refused by the safe loader (weights_only=True): {str(err).splitlines()[0]}"

@@ -153,12 +153,16 @@ def resolve_attacks(spec: Any, dataset: str | None, seed: int | None = None) -> 
             for name, atk in resolve_attacks(item, dataset, seed).items():
                 attacks.setdefault(name, atk)
             continue
+        label = None
+        if isinstance(item, dict):
+            item = dict(item)
+            label = item.pop("label", None)
         try:
             atk = build_attack(item, dataset=dataset)
         except (ValueError, TypeError) as err:
-            raise EvalError(f"Bad attack {item!r}: {err} (known names: {', '.join(list_attacks())}; "
-                            f"presets: {', '.join(PRESET_NAMES)}).") from None
-        label = item.get("label") if isinstance(item, dict) else None
+            known = "" if "pgd++njs" in str(err) else f" Known names: {', '.join(list_attacks())}."
+            raise EvalError(f"Bad attack {item!r}: {err}{known} Presets: "
+                            f"{', '.join(PRESET_NAMES)}.") from None
         name = str(label or atk.name)
         if name in attacks:
             raise EvalError(f"The attack name {name!r} appears twice; give the dicts distinct "
