@@ -39,7 +39,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from bnnrobust.attacks.base import Attack, eval_mode
-from bnnrobust.metrics.signal import HNS, SignalStats, SignalSums, signal_sums
+from bnnrobust.metrics.signal import HNS, SignalStats, signal_sums
 
 #: preset used when the data module has no ``dataset_name``
 FALLBACK_DATASET = "fmnist"
@@ -83,8 +83,10 @@ class RobustnessMonitor(Callback):
             ``min(batch_size, 32) * d`` images at once.
         histogram: log histograms of the Jacobian singular values (TensorBoard only).
         hessian_figure: log the Hessian-norm-vs-β figure of a few correct samples (TensorBoard only).
-        n_jsv: reference samples (the first of the subset) for the NJS β1 of the metrics and of
-            every NJS attack, so that all batches and ranks share one β1.
+        signal_samples: the signal-propagation metrics use the first ``signal_samples`` samples
+            of the subset (at most ``num_samples``); their Jacobians also give NJS's β1 (mean
+            singular value over all of them, correct or not — the paper's ``n_jsv = 100``),
+            used by the metrics and by every NJS attack, so all batches and ranks share one β1.
         hns_grid: HNS grid size of the metrics.
         hessian_samples: samples drawn in the Hessian figure.
     """
@@ -98,13 +100,13 @@ class RobustnessMonitor(Callback):
         batch_size: int = 128,
         histogram: bool = True,
         hessian_figure: bool = True,
-        n_jsv: int = 100,
+        signal_samples: int = 100,
         hns_grid: int = 100,
         hessian_samples: int = 4,
     ) -> None:
         super().__init__()
         for name, value in (("every_n_epochs", every_n_epochs), ("num_samples", num_samples),
-                            ("batch_size", batch_size), ("n_jsv", n_jsv),
+                            ("batch_size", batch_size), ("signal_samples", signal_samples),
                             ("hessian_samples", hessian_samples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RobustnessMonitor: {name} must be an integer >= 1, got {value!r}.")
@@ -119,7 +121,7 @@ class RobustnessMonitor(Callback):
         self.batch_size = batch_size
         self.histogram = histogram
         self.hessian_figure = hessian_figure
-        self.n_jsv = n_jsv
+        self.signal_samples = signal_samples
         self.hns_grid = hns_grid
         self.hessian_samples = hessian_samples
         self.attacks: list[Attack] = []
@@ -130,6 +132,8 @@ class RobustnessMonitor(Callback):
         self.last_metrics: dict[str, float] = {}
         #: finalized signal statistics of the last run
         self.last_stats: SignalStats | None = None
+        #: seconds per phase of the last run on this rank ("signal", "attack/<tag>", ...)
+        self.last_timings: dict[str, float] = {}
 
     # -- setup: attacks are built (and validated) before any training -----------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -211,12 +215,16 @@ class RobustnessMonitor(Callback):
             y = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
             return x, y
 
+        world, rank = trainer.world_size, trainer.global_rank
         with torch.inference_mode(False):
+            # attacks: whole batches round-robin (random starts seeded per batch)
             n_batches = math.ceil(len(indices) / self.batch_size)
             local = [(b, *load(indices[b * self.batch_size:(b + 1) * self.batch_size]))
-                     for b in range(n_batches) if b % trainer.world_size == trainer.global_rank]
-            ref = load(indices[: self.n_jsv])
-        self._cache = {"key": key, "local": local, "ref": ref}
+                     for b in range(n_batches) if b % world == rank]
+            # signal metrics (deterministic per sample): sample i on rank i % world
+            signal = load(indices[: self.signal_samples][rank::world])
+            first = load(indices[: 8 * self.hessian_samples]) if trainer.is_global_zero else None
+        self._cache = {"key": key, "local": local, "signal": signal, "first": first}
         return self._cache
 
     # -- the hook ---------------------------------------------------------------------------
@@ -236,8 +244,9 @@ class RobustnessMonitor(Callback):
         seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=device)
         seconds = _reduce_fn(device)(seconds, "max")
 
-        metrics: dict[str, float] = {"robust/clean_acc": stats.clean_acc}
-        metrics.update({f"robust/{tag}_acc": acc for tag, acc in zip(self.attack_tags, accs, strict=True)})
+        metrics: dict[str, float] = {"robust/clean_acc": accs[-1]}
+        metrics.update({f"robust/{tag}_acc": acc
+                        for tag, acc in zip(self.attack_tags, accs[:-1], strict=True)})
         for variant in stats.variants:
             prefix = VARIANT_PREFIX[variant]
             for key, value in stats.summary(variant).items():
@@ -255,37 +264,78 @@ class RobustnessMonitor(Callback):
         if trainer.is_global_zero:  # side effects only, after every collective
             for note in stats.warnings:
                 rank_zero_warn(f"RobustnessMonitor (epoch {trainer.current_epoch}): {note}")
+            t = time.perf_counter()
             self._write_images(trainer, model, stats, beta1, first)
+            self.last_timings["images"] = time.perf_counter() - t
 
     def _evaluate(self, trainer: L.Trainer, model: nn.Module,
                   device: torch.device) -> tuple[SignalStats, list[float], float, Any]:
-        from bnnrobust.attacks.temperature import NJS, njs_temperature
+        from bnnrobust.attacks.jacobian import (
+            gram_from_jacobian,
+            input_jacobian_and_logits,
+            singular_values_from_gram,
+        )
+        from bnnrobust.attacks.temperature import NJS
 
+        timings: dict[str, float] = {}
+
+        def tick(key: str, since: float) -> float:
+            now = time.perf_counter()
+            timings[key] = timings.get(key, 0.0) + now - since
+            return now
+
+        reduce = _reduce_fn(device)
+        t = time.perf_counter()
         cache = self._subset(trainer)
-        x_ref = cache["ref"][0].to(device)
-        beta1 = float(njs_temperature(model, x_ref, n_jsv=self.n_jsv))
+        t = tick("load", t)
+        # one Jacobian of the signal samples serves NJS's β1 and the metrics
+        x_sig, y_sig = (v.to(device) for v in cache["signal"])
+        sv_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [Σσ, #σ]
+        jac_logits = None
+        if x_sig.shape[0]:
+            jac_logits = input_jacobian_and_logits(model, x_sig)
+            jac = jac_logits[0]
+            finite = torch.isfinite(jac).flatten(1).all(dim=1)
+            sv = singular_values_from_gram(gram_from_jacobian(jac[finite]), jac.shape[-1])
+            nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
+            sv_sum[0] = sv.sum() if bool(finite.all()) else nan
+            sv_sum[1] = float(x_sig.shape[0] * min(jac.shape[1], jac.shape[2]))
+        sv_sum = reduce(sv_sum, "sum")
+        beta1 = float(sv_sum[1] / sv_sum[0]) if float(sv_sum[0]) > 0 else math.nan
+        if not (math.isfinite(beta1) and beta1 > 0):
+            if trainer.is_global_zero:
+                rank_zero_warn(f"RobustnessMonitor: NJS β1 is undefined (mean Jacobian singular "
+                               f"value {float(sv_sum[0] / max(float(sv_sum[1]), 1.0))}); using 1.")
+            beta1 = 1.0
         for attack in self.attacks:
-            if isinstance(getattr(attack, "temperature", None), NJS):
-                attack.temperature.calibrate(model, x_ref)  # one β1 for every batch and rank
+            temperature = getattr(attack, "temperature", None)
+            if isinstance(temperature, NJS):  # one β1 for every batch and rank
+                temperature.reset()
+                temperature.beta1 = beta1
+        t = tick("jacobian_njs", t)
         betas: dict[str, float | str] = {"original": 1.0, "njs": beta1, "hns": HNS}
-        sums = SignalSums.empty(tuple(betas), device=device)
-        counts = torch.zeros(len(self.attacks), dtype=torch.float64, device=device)
+        sums = signal_sums(model, x_sig, y_sig, betas, n_grid=self.hns_grid, jacobian=jac_logits)
+        del jac_logits
+        t = tick("signal", t)
+        counts = torch.zeros(len(self.attacks) + 2, dtype=torch.float64, device=device)
         for b, x_cpu, y_cpu in cache["local"]:
             x, y = x_cpu.to(device), y_cpu.to(device)
-            sums = sums + signal_sums(model, x, y, betas, n_grid=self.hns_grid)
+            with torch.no_grad():
+                counts[-2] += (model(x).argmax(dim=1) == y).sum()
+            counts[-1] += y.shape[0]
             for i, attack in enumerate(self.attacks):
                 attack.seed = self.seed + b
                 x_adv = attack(model, x, y)
                 with torch.no_grad():
                     counts[i] += (model(x_adv).argmax(dim=1) == y).sum()
-        reduce = _reduce_fn(device)
+                t = tick(f"attack/{self.attack_tags[i]}", t)
+        self.last_timings = timings
         sums = sums.reduce(reduce)
-        counts = reduce(counts, "sum")
+        counts = reduce(counts, "sum").cpu().tolist()
         stats = sums.finalize()
-        n = max(stats.n_samples, 1)
-        accs = [float(c) / n for c in counts.cpu().tolist()]
-        first = cache["local"][0] if cache["local"] else None
-        return stats, accs, beta1, first
+        n = max(counts[-1], 1.0)
+        accs = [c / n for c in counts[:-1]]  # attacks..., clean
+        return stats, accs, beta1, cache["first"]
 
     # -- rank-zero side effects -------------------------------------------------------------
     def _write_images(self, trainer: L.Trainer, model: nn.Module, stats: SignalStats,
@@ -302,7 +352,7 @@ class RobustnessMonitor(Callback):
         if self.hessian_figure and first is not None:
             from bnnrobust.metrics.hessian_curve import hessian_figure
 
-            _, x, y = first
+            x, y = first
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
             with torch.inference_mode(False), torch.enable_grad():
                 fig = hessian_figure(model, x.to(device), y.to(device), n_samples=self.hessian_samples,

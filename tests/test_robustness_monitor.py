@@ -15,8 +15,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from bnnrobust.attacks.temperature import njs_temperature
 from bnnrobust.data import SyntheticDataModule
-from bnnrobust.metrics.signal import SUMMARY_KEYS
+from bnnrobust.metrics.signal import SUMMARY_KEYS, signal_propagation
 from bnnrobust.systems import ImageClassifier
 from callbacks.robustness_monitor import RobustnessMonitor
 
@@ -104,10 +105,12 @@ class CheckModes(Callback):
 
 def test_tensorboard_holds_every_robust_tag_once_per_epoch(tmp_path: Path) -> None:
     L.seed_everything(0)
-    monitor = RobustnessMonitor(num_samples=12, batch_size=5, n_jsv=8, attacks=ATTACKS, seed=3)
+    monitor = RobustnessMonitor(num_samples=12, batch_size=5, signal_samples=9, attacks=ATTACKS,
+                                seed=3)
     CheckModes.checked = 0
     trainer = make_trainer(tmp_path, [SetModes(), monitor, CheckModes()], num_sanity_val_steps=1)
-    trainer.fit(make_system(lr=0.05), make_data())
+    system, data = make_system(lr=0.05), make_data()
+    trainer.fit(system, data)
     assert CheckModes.checked == 2
 
     acc = read_events(tmp_path)
@@ -124,8 +127,23 @@ def test_tensorboard_holds_every_robust_tag_once_per_epoch(tmp_path: Path) -> No
         assert 0.0 <= last[f"robust/{name}_acc"] <= last["robust/clean_acc"] <= 1.0
     assert last["robust/njs/jsv_mean"] > 0 and last["robust/hns/beta"] > 0
     stats = monitor.last_stats
-    assert stats is not None and stats.n_samples == 12
-    assert last["robust/clean_acc"] == pytest.approx(stats.n_correct / 12)
+    assert stats is not None and stats.n_samples == 9
+
+    # the same numbers computed directly on the fixed subset (seeded permutation, seed 3)
+    idx = torch.randperm(len(data.val_set), generator=torch.Generator().manual_seed(3))[:12]
+    x = torch.stack([data.val_set[i][0] for i in idx])
+    y = torch.stack([data.val_set[i][1] for i in idx])
+    model = system.model
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).float().mean())
+    assert last["robust/clean_acc"] == pytest.approx(clean)
+    beta1 = njs_temperature(model, x[:9])
+    assert last["robust/njs/beta"] == pytest.approx(beta1, rel=1e-5)
+    direct = signal_propagation(model, x[:9], y[:9], {"original": 1.0, "njs": beta1, "hns": "hns"})
+    for variant, prefix in (("original", "robust/"), ("njs", "robust/njs/"), ("hns", "robust/hns/")):
+        for key, value in direct.summary(variant).items():
+            if f"{prefix}{key}" in last:
+                assert last[f"{prefix}{key}"] == pytest.approx(value, rel=1e-5, abs=1e-7), (variant, key)
     # rank-zero images: histograms of βJ's singular values and the Hessian-norm figure
     tags = acc.Tags()
     assert {"robust/jsv_hist", "robust/njs/jsv_hist", "robust/hns/jsv_hist"} <= set(tags["histograms"])
@@ -136,7 +154,7 @@ def test_tensorboard_holds_every_robust_tag_once_per_epoch(tmp_path: Path) -> No
 
 def test_every_n_epochs_and_validate(tmp_path: Path) -> None:
     L.seed_everything(0)
-    monitor = RobustnessMonitor(every_n_epochs=2, num_samples=8, batch_size=8, n_jsv=8,
+    monitor = RobustnessMonitor(every_n_epochs=2, num_samples=8, batch_size=8, signal_samples=8,
                                 attacks=ATTACKS[:1], histogram=False, hessian_figure=False)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=3, num_sanity_val_steps=1)
     system = make_system(lr=0.05)
@@ -180,8 +198,9 @@ def test_bad_arguments_and_default_preset() -> None:
 
 def run_monitor(root: Path, **trainer_kwargs: Any) -> dict[str, list[float]]:
     L.seed_everything(0)
-    # 14 samples in batches of 4: rank 0 gets batches 0 and 2, rank 1 batches 1 and 3 (2 samples)
-    monitor = RobustnessMonitor(num_samples=14, batch_size=4, n_jsv=6, attacks=ATTACKS, seed=1,
+    # 14 samples in batches of 4: rank 0 gets batches 0 and 2, rank 1 batches 1 and 3 (2 samples);
+    # 9 signal samples: rank 0 gets 5, rank 1 gets 4
+    monitor = RobustnessMonitor(num_samples=14, batch_size=4, signal_samples=9, attacks=ATTACKS, seed=1,
                                 hessian_figure=False)
     trainer = make_trainer(root, [monitor], num_sanity_val_steps=0, **trainer_kwargs)
     trainer.fit(make_system(lr=0.0), make_data())

@@ -411,12 +411,17 @@ def signal_sums(
     chunk_size: int = 32,
     n_jsv: int = 100,
     n_grid: int = 100,
+    jacobian: tuple[Tensor, Tensor] | None = None,
 ) -> SignalSums:
     """Additive signal-propagation sums of one batch (see :func:`signal_propagation`).
 
     The model runs in eval mode (each submodule's flag is restored afterwards) with gradients
     enabled, also inside ``torch.no_grad``/``torch.inference_mode``; parameter ``.grad`` are
     left untouched. Sums live on ``x``'s device.
+
+    ``jacobian``: ``(J, logits)`` of ``x`` already computed by
+    :func:`bnnrobust.attacks.jacobian.input_jacobian_and_logits` (model in eval mode), to
+    share one Jacobian with other computations (e.g. NJS's β1); not recomputed then.
     """
     if x.dim() < 2 or y.shape != x.shape[:1]:
         raise ValueError(f"x must be a batch (B, ...) and y of shape (B,); got {tuple(x.shape)} and "
@@ -439,7 +444,13 @@ def signal_sums(
         if b == 0:
             return sums
 
-        jac, logits = input_jacobian_and_logits(model, x, chunk_size=chunk_size)
+        if jacobian is None:
+            jac, logits = input_jacobian_and_logits(model, x, chunk_size=chunk_size)
+        else:
+            jac, logits = (t.detach() for t in jacobian)
+            if jac.dim() != 3 or jac.shape[0] != b or logits.shape != jac.shape[:2]:
+                raise ValueError(f"jacobian must be (J (B, d, N), logits (B, d)) with B={b}, got "
+                                 f"{tuple(jac.shape)} and {tuple(logits.shape)}.")
         d, n_in = logits.shape[1], jac.shape[-1]
         if int(y.min()) < 0 or int(y.max()) >= d:
             raise ValueError(f"Labels must lie in [0, {d - 1}] for a model with {d} classes, got "
