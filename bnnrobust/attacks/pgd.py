@@ -160,10 +160,11 @@ class PGD(Attack):
         return (x + delta).clamp_(0, 1)
 
     def _step(self, x_adv: Tensor, grad: Tensor, x: Tensor) -> Tensor:
+        """One ascent step and projection; updates ``x_adv`` (a detached iterate) in place."""
         if self.norm is Norm.LINF:
-            x_new = x_adv + self.step_size * grad.sign()
-        else:
-            x_new = x_adv + self.step_size * grad / _flat_norm(grad).clamp_min(1e-30)
+            delta = x_adv.add_(grad.sign_(), alpha=self.step_size).sub_(x)
+            return delta.clamp_(-self.eps, self.eps).add_(x).clamp_(0, 1)
+        x_new = x_adv.add_(grad / _flat_norm(grad).clamp_min(1e-30), alpha=self.step_size)
         return self._project(x_new, x)
 
     # ------------------------------------------------------------------ attack
