@@ -269,3 +269,11 @@ def test_binary_summary_counts_params_and_memory() -> None:
     assert s.memory_bits == 50
     text = binary_summary(binarize(model, "hubara"))
     assert "binary params:     50" in text and "sign activations:  1" in text and "32.0x" in text
+
+
+def test_top_level_binarize_is_callable_after_package_import() -> None:
+    import bnnrobust
+    import bnnrobust.binarize as package
+
+    model = bnnrobust.binarize(nn.Sequential(nn.Linear(2, 2)), "bc")
+    assert len(binary_modules(model)) == 1 and package.BC is BC

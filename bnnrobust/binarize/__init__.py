@@ -5,6 +5,10 @@ binarizer by name; ``binary_modules(model)`` lists a model's binary layers;
 ``binary_summary(model)`` reports binary vs float parameters. See ``docs/models.md``.
 """
 
+import sys as _sys
+import types as _types
+from typing import Any as _Any
+
 from bnnrobust.binarize.binarizers import (
     BC,
     BINARIZERS,
@@ -40,3 +44,14 @@ __all__ = [
     "make_binarizer",
     "sign_activations",
 ]
+
+
+# ``bnnrobust.binarize`` is both this package and, per the public API, the function
+# ``bnnrobust.binarize(model, ...)``: once the package is imported, Python binds the attribute
+# of ``bnnrobust`` to the module, so the module itself forwards calls to :func:`binarize`.
+class _CallableModule(_types.ModuleType):
+    def __call__(self, *args: _Any, **kwargs: _Any) -> _Any:
+        return binarize(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule
