@@ -180,7 +180,7 @@ def test_preset_kinds() -> None:
         preset_attacks("svhn")
 
 
-def test_built_attacks_run(tmp_path) -> None:
+def test_built_attacks_run() -> None:
     """A few factory attacks run end to end on a tiny model (eps ball, [0, 1])."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
