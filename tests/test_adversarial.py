@@ -227,7 +227,7 @@ def test_njs_beta1_is_reestimated_every_interval_on_the_first_batch() -> None:
         train_attack={"name": "pgd++njs", "eps": 0.1, "step_size": 0.025, "steps": 2},
         njs_interval=2, njs_calibration_samples=8)
     assert system.njs_rule is not None and system.njs_rule.n_jsv == 8
-    data = SyntheticDataModule(num_samples=96, num_classes=4, image_size=12, batch_size=16)
+    data = SyntheticDataModule(num_samples=80, num_classes=4, image_size=12, batch_size=16)  # 5 steps = 1 epoch
     recorder = _Recorder()
     monitor = RobustnessMonitor(num_samples=8, batch_size=8, histogram=False,
                                 hessian_figure=False, n_jsv=4, attacks=["pgd", "pgd++njs"])
@@ -356,7 +356,7 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
     attack = json.dumps({"name": "pgd++njs", "eps": 0.1, "step_size": 0.025, "steps": 2})
     cmd = [sys.executable, str(ROOT / "train.py"),
            "--config", str(ROOT / "configs/fmnist/adv_convnet_md_tanh_s.yaml"),
-           "--data", "bnnrobust.data.SyntheticDataModule", "--data.init_args.num_samples", "64",
+           "--data", "bnnrobust.data.SyntheticDataModule", "--data.init_args.num_samples", "32",
            "--data.init_args.image_size", "12", "--data.init_args.batch_size", "8",
            "--model.init_args.model.init_args.width", "0.125",
            "--model.init_args.train_attack", attack, "--model.init_args.njs_interval", "1",
@@ -368,6 +368,10 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    metrics = json.loads(summary.read_text())
-    assert "val/clean_acc" in metrics
-    assert (tmp_path / "logs/adv_convnet_md_tanh_s/checkpoints/last.ckpt").is_file()
+    metrics = json.loads(summary.read_text())  # 32 samples / 2 ranks / 8 = 2 steps = 1 epoch
+    assert "val/clean_acc" in metrics, metrics
+    last = tmp_path / "logs/adv_convnet_md_tanh_s/checkpoints/last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+    njs = ckpt["adversarial_njs"]
+    assert njs["step"] == 1 and njs["beta1"] > 0 and njs["x_ref"].shape == (8, 1, 12, 12)
