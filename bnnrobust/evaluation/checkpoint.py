@@ -105,7 +105,7 @@ def _instantiate(cls: type, hparams: dict[str, Any], what: str, ckpt_path: Path,
     from lightning.pytorch.cli import instantiate_module
 
     kwargs = {k: v for k, v in hparams.items() if k not in ("_class_path", "_instantiator")}
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     has_varkw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     if not has_varkw:
         kwargs = {k: v for k, v in kwargs.items() if k in params}

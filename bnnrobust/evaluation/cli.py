@@ -238,7 +238,8 @@ def run(cfg: Any) -> dict[str, Any]:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())
     system, datamodule = load_system(cfg.ckpt, cfg.train_config, data_overrides=cfg.data)
-    model = system.model if hasattr(system, "model") else system
+    net = getattr(system, "model", None)
+    model: torch.nn.Module = net if isinstance(net, torch.nn.Module) else system
     dataset = _dataset_name(system, datamodule, cfg.dataset)
     attacks = resolve_attacks(cfg.attacks, dataset)
     data = _split_data(datamodule, cfg.split)
