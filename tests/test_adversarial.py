@@ -230,7 +230,7 @@ def test_njs_beta1_is_reestimated_every_interval_on_the_first_batch() -> None:
     data = SyntheticDataModule(num_samples=80, num_classes=4, image_size=12, batch_size=16)  # 5 steps = 1 epoch
     recorder = _Recorder()
     monitor = RobustnessMonitor(num_samples=8, batch_size=8, histogram=False,
-                                hessian_figure=False, n_jsv=4, attacks=["pgd", "pgd++njs"])
+                                hessian_figure=False, attacks=["pgd", "pgd++njs"])
     trainer = _trainer(max_steps=5, limit_val_batches=1, callbacks=[recorder, monitor],
                        log_every_n_steps=1)
     trainer.fit(system, data)
