@@ -76,6 +76,14 @@ class BNNRobustCLI(LightningCLI):
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config as given: the checkpoint supplies weights, not settings.
+
+        LightningCLI would otherwise write the hyperparameters stored in ``--ckpt_path`` back
+        over the parsed config, silently undoing command-line flags such as
+        ``--model.init_args.test_attacks`` in ``test``.
+        """
+
     # -- run folder, logger and checkpoint location ------------------------------------------
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config

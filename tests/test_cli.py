@@ -125,8 +125,11 @@ def test_cli_subcommands_fit_and_test(tmp_path: Path, capsys: pytest.CaptureFixt
     last = tmp_path / "logs" / "tiny" / "checkpoints" / "last.ckpt"
     assert last.is_file()
     capsys.readouterr()
-    cli_main(["test", "--config", str(cfg), "--log_dir", logs, "--ckpt_path", str(last)])
-    assert "test/clean_acc" in capsys.readouterr().out
+    # flags given to `test` win over the settings stored in the checkpoint
+    cli_main(["test", "--config", str(cfg), "--log_dir", logs, "--ckpt_path", str(last),
+              "--model.init_args.test_attacks", "[{name: pgd, eps: 0.05, step_size: 0.02, steps: 2}]"])
+    out = capsys.readouterr().out
+    assert "test/clean_acc" in out and "test/pgd_acc" in out
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", "--config", str(cfg), "--print_config"])
     assert exit_info.value.code in (0, None)
