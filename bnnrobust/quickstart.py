@@ -35,7 +35,7 @@ def comparison_table(results: dict[str, dict[str, float]]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quickstart.yaml")
-    parser.add_argument("--binarizers", nargs="+", default=["none", "md_tanh_s"],
+    parser.add_argument("--binarizers", nargs="+", default=["none", "bc"],
                         help="binarizers to train, one run each (none = float reference)")
     parser.add_argument("--log_dir", default="logs")
     args, extra = parser.parse_known_args(argv)
