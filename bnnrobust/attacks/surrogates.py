@@ -100,14 +100,14 @@ def use_surrogate(model: nn.Module, name: str | None) -> Iterator[nn.Module]:
     saved = [(m, m.attack_surrogate, getattr(m, "surrogate_kwargs", None)) for m in modules]
     try:
         for m in modules:
-            m.attack_surrogate = base
-            m.surrogate_kwargs = dict(kwargs)
+            setattr(m, "attack_surrogate", base)  # noqa: B010 - duck-typed attributes
+            setattr(m, "surrogate_kwargs", dict(kwargs))  # noqa: B010
         yield model
     finally:
         for m, old_name, old_kwargs in saved:
-            m.attack_surrogate = old_name
+            setattr(m, "attack_surrogate", old_name)  # noqa: B010
             if old_kwargs is None:
                 if hasattr(m, "surrogate_kwargs"):
                     delattr(m, "surrogate_kwargs")
             else:
-                m.surrogate_kwargs = old_kwargs
+                setattr(m, "surrogate_kwargs", old_kwargs)  # noqa: B010
