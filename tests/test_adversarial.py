@@ -197,6 +197,7 @@ def test_adversarial_training_raises_pgd_accuracy_over_standard_training() -> No
     (std_clean, std_robust), (adv_clean, adv_robust) = results[False], results[True]
     assert std_clean > 0.95, results  # the problem is learnable...
     assert adv_robust >= std_robust + 0.20, results  # ...and adversarial training pays off
+    assert adv_clean >= adv_robust and adv_clean > 0.8, results
 
 
 # ----------------------------------------------------------------------------- NJS
