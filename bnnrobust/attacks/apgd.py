@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from bnnrobust.attacks.base import Attack, AttackOutput, Norm, check_labels, check_positive
 from bnnrobust.attacks.losses import check_loss_name, per_sample_loss
+from bnnrobust.attacks.temperature import Temperature, make_temperature
 
 __all__ = ["APGD", "apgd_checkpoints"]
 
@@ -136,7 +137,7 @@ class APGD(Attack):
         restarts: int = 1,
         loss: str = "ce",
         n_target_classes: int = 9,
-        temperature: object = None,
+        temperature: None | float | str | Temperature = None,
         rho: float = 0.75,
         surrogate: str | None = None,
         seed: int | None = None,
@@ -158,8 +159,6 @@ class APGD(Attack):
         self.loss = check_loss_name(loss)
         self.n_target_classes = int(n_target_classes)
         self.rho = float(rho)
-        from bnnrobust.attacks.temperature import make_temperature
-
         self.temperature = make_temperature(temperature)
         if self.temperature is not None and self.loss != "ce":
             warnings.warn(
@@ -356,7 +355,7 @@ class APGD(Attack):
 
         if self.loss == "dlr_targeted":
             n_t = min(self.n_target_classes, d - 1)
-            ranks = list(range(1, n_t + 1))  # 0 = most likely (the true class when robust)
+            ranks: list[int | None] = list(range(1, n_t + 1))  # 0 = the true class if robust
             order = logits.argsort(dim=1, descending=True)
         else:
             ranks = [None]
