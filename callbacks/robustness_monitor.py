@@ -234,7 +234,7 @@ class RobustnessMonitor(Callback):
         fitting = trainer.state.fn == TrainerFn.FITTING
         if fitting and (trainer.current_epoch + 1) % self.every_n_epochs != 0:
             return
-        if not self.attacks and self.attack_specs is None:  # setup() was not called
+        if self.dataset_name is None:  # setup() was not called
             self.setup(trainer, pl_module, "validate")
         model: nn.Module = getattr(pl_module, "model", pl_module)
         device = pl_module.device
