@@ -46,26 +46,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _make_system(name: str, width: float, binarizer: str, njs_interval: int,
-                 device: torch.device) -> tuple[AdversarialClassifier, torch.optim.Optimizer]:
+def _make_system(
+    name: str, width: float, binarizer: str, njs_interval: int, device: torch.device
+) -> tuple[AdversarialClassifier, torch.optim.Optimizer]:
     torch.manual_seed(0)
     model = ConvNet(num_classes=10, in_channels=1, width=width, binarizer=binarizer)
     attack = {"name": name, "eps": 0.1, "step_size": 0.025, "steps": STEPS}
-    system = AdversarialClassifier(model, train_attack=attack, njs_interval=njs_interval,
-                                   attack_dataset="fmnist").to(device)
+    system = AdversarialClassifier(
+        model, train_attack=attack, njs_interval=njs_interval, attack_dataset="fmnist"
+    ).to(device)
     system.train()
     return system, torch.optim.Adam(system.parameters(), lr=1e-3)
 
 
-def _standard_step(system: AdversarialClassifier, opt: torch.optim.Optimizer,
-                   x: torch.Tensor, y: torch.Tensor) -> None:
+def _standard_step(
+    system: AdversarialClassifier, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> None:
     opt.zero_grad(set_to_none=True)
     F.cross_entropy(system(x), y).backward()
     opt.step()
 
 
-def _adversarial_step(system: AdversarialClassifier, opt: torch.optim.Optimizer,
-                      x: torch.Tensor, y: torch.Tensor) -> None:
+def _adversarial_step(
+    system: AdversarialClassifier, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> None:
     opt.zero_grad(set_to_none=True)
     system._maybe_calibrate_njs(x)  # no-op after the first call (no trainer: step stays 0)
     x_mixed, _ = system.make_adversarial(x, y)
@@ -122,26 +126,41 @@ def main() -> None:
     for name in VARIANTS:
         t_adv = statistics.median(times[name])
         extra = calib_s / args.njs_interval if name == "pgd++njs" else 0.0
-        rows.append({"attack": name, "adv_step_ms": 1e3 * t_adv,
-                     "ratio": t_adv / ((STEPS + 1) * t_std),
-                     "ratio_amortized": (t_adv + extra) / ((STEPS + 1) * t_std)})
+        rows.append(
+            {
+                "attack": name,
+                "adv_step_ms": 1e3 * t_adv,
+                "ratio": t_adv / ((STEPS + 1) * t_std),
+                "ratio_amortized": (t_adv + extra) / ((STEPS + 1) * t_std),
+            }
+        )
     result = {
         "date": datetime.date.today().isoformat(),
         "command": " ".join(["python", *sys.argv]),
-        "device": str(device), "threads": args.threads, "torch": torch.__version__,
+        "device": str(device),
+        "threads": args.threads,
+        "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "model": f"ConvNet(width={args.width}, binarizer={args.binarizer})",
-        "batch": [args.batch_size, 1, 28, 28], "T": STEPS, "repeats": args.repeats,
-        "std_step_ms": 1e3 * t_std, "njs_calibration_ms": 1e3 * calib_s,
-        "njs_interval": args.njs_interval, "rows": rows,
+        "batch": [args.batch_size, 1, 28, 28],
+        "T": STEPS,
+        "repeats": args.repeats,
+        "std_step_ms": 1e3 * t_std,
+        "njs_calibration_ms": 1e3 * calib_s,
+        "njs_interval": args.njs_interval,
+        "rows": rows,
     }
-    print(f"standard step: {1e3 * t_std:.1f} ms (median of {args.repeats}); T = {STEPS}; "
-          f"NJS calibration {1e3 * calib_s:.1f} ms every {args.njs_interval} steps")
+    print(
+        f"standard step: {1e3 * t_std:.1f} ms (median of {args.repeats}); T = {STEPS}; "
+        f"NJS calibration {1e3 * calib_s:.1f} ms every {args.njs_interval} steps"
+    )
     print("| inner attack | adv. step (ms) | adv / ((T+1) std) | amortized (NJS re-estimation) |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attack']} | {r['adv_step_ms']:.1f} | {r['ratio']:.3f} | "
-              f"{r['ratio_amortized']:.3f} |")
+        print(
+            f"| {r['attack']} | {r['adv_step_ms']:.1f} | {r['ratio']:.3f} | "
+            f"{r['ratio_amortized']:.3f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

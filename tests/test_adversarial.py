@@ -39,20 +39,32 @@ def _tiny_convnet(binarizer: str = "bc", num_classes: int = 4) -> nn.Module:
 
 def _batch(n: int = 12, num_classes: int = 4, size: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return torch.rand(n, 1, size, size, generator=g), torch.randint(0, num_classes, (n,), generator=g)
+    return torch.rand(n, 1, size, size, generator=g), torch.randint(
+        0, num_classes, (n,), generator=g
+    )
 
 
 def _trainer(**kwargs: Any) -> L.Trainer:
-    defaults: dict[str, Any] = dict(accelerator="cpu", devices=1, logger=False,
-                                    enable_checkpointing=False, enable_progress_bar=False,
-                                    enable_model_summary=False, num_sanity_val_steps=0)
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     defaults.update(kwargs)
     return L.Trainer(**defaults)
 
 
 def _bn_stats(model: nn.Module) -> list[torch.Tensor]:
-    return [t.clone() for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for t in (m.running_mean, m.running_var, m.num_batches_tracked)]
+    return [
+        t.clone()
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for t in (m.running_mean, m.running_var, m.num_batches_tracked)
+    ]
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -60,8 +72,9 @@ def _bn_stats(model: nn.Module) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("inner_bn_mode", ["eval", "train"])
 def test_training_step_gradients_are_those_of_the_outer_loss_only(inner_bn_mode: str) -> None:
-    system = AdversarialClassifier(_tiny_convnet("bc"), train_attack=FMNIST_ATTACK,
-                                   inner_bn_mode=inner_bn_mode)
+    system = AdversarialClassifier(
+        _tiny_convnet("bc"), train_attack=FMNIST_ATTACK, inner_bn_mode=inner_bn_mode
+    )
     reference = copy.deepcopy(system)
     system.train()
     reference.train()
@@ -73,8 +86,10 @@ def test_training_step_gradients_are_those_of_the_outer_loss_only(inner_bn_mode:
         stats_before = _bn_stats(system.model)
         out = make_adversarial(xb, yb)
         captured["grads_after_inner"] = [p.grad for p in system.parameters()]
+        captured["view"] = isinstance(system.attack_model(), BatchStatsView)
         captured["stats_unchanged"] = all(
-            torch.equal(a, b) for a, b in zip(stats_before, _bn_stats(system.model), strict=True))
+            torch.equal(a, b) for a, b in zip(stats_before, _bn_stats(system.model), strict=True)
+        )
         captured["x_mixed"] = out[0].clone()
         return out
 
@@ -82,6 +97,7 @@ def test_training_step_gradients_are_those_of_the_outer_loss_only(inner_bn_mode:
     loss = system.training_step((x, y), 0)
     loss.backward()
     assert all(g is None for g in captured["grads_after_inner"]), "the inner loop left .grad"
+    assert captured["view"] == (inner_bn_mode == "train")
     assert captured["stats_unchanged"], "the inner loop updated BatchNorm running statistics"
     x_adv = captured["x_mixed"]
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and not torch.equal(x_adv, x)
@@ -123,8 +139,9 @@ def test_batch_stats_view_is_a_training_forward_without_running_stat_updates() -
 
 @pytest.mark.parametrize("binarizer", BINARIZERS)
 def test_adversarial_step_works_with_every_binarizer(binarizer: str) -> None:
-    system = AdversarialClassifier(_tiny_convnet(binarizer), train_attack=FMNIST_ATTACK,
-                                   adv_ratio=0.5)
+    system = AdversarialClassifier(
+        _tiny_convnet(binarizer), train_attack=FMNIST_ATTACK, adv_ratio=0.5
+    )
     system.train()
     x, y = _batch(10)
     x_mixed, k = system.make_adversarial(x, y)
@@ -182,8 +199,10 @@ def test_adversarial_training_raises_pgd_accuracy_over_standard_training() -> No
         L.seed_everything(0)
         if adversarial:
             system: ImageClassifier = AdversarialClassifier(
-                _mlp(), optimizer=_adam,
-                train_attack={"name": "pgd", "eps": eps, "step_size": eps / 4, "steps": 7})
+                _mlp(),
+                optimizer=_adam,
+                train_attack={"name": "pgd", "eps": eps, "step_size": eps / 4, "steps": 7},
+            )
         else:
             system = ImageClassifier(_mlp(), optimizer=_adam)
         loader = DataLoader(TensorDataset(x_train, y_train), batch_size=100, shuffle=True)
@@ -208,13 +227,15 @@ class _Recorder(L.Callback):
         self.first_batch: torch.Tensor | None = None
         self.beta1: list[float] = []
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.first_batch is None:
             self.first_batch = batch[0].clone()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.beta1.append(float(pl_module.njs_rule.beta1))
 
 
@@ -226,14 +247,24 @@ def test_njs_beta1_is_reestimated_every_interval_on_the_first_batch() -> None:
         _tiny_convnet("md_tanh_s", num_classes=4),
         optimizer=lambda p: torch.optim.Adam(p, lr=0.05),
         train_attack={"name": "pgd++njs", "eps": 0.1, "step_size": 0.025, "steps": 2},
-        njs_interval=2, njs_calibration_samples=8)
+        njs_interval=2,
+        njs_calibration_samples=8,
+    )
     assert system.njs_rule is not None and system.njs_rule.n_jsv == 8
-    data = SyntheticDataModule(num_samples=80, num_classes=4, image_size=12, batch_size=16)  # 5 steps = 1 epoch
+    data = SyntheticDataModule(
+        num_samples=80, num_classes=4, image_size=12, batch_size=16
+    )  # 5 steps = 1 epoch
     recorder = _Recorder()
-    monitor = RobustnessMonitor(num_samples=8, batch_size=8, histogram=False,
-                                hessian_figure=False, attacks=["pgd", "pgd++njs"])
-    trainer = _trainer(max_steps=5, limit_val_batches=1, callbacks=[recorder, monitor],
-                       log_every_n_steps=1)
+    monitor = RobustnessMonitor(
+        num_samples=8,
+        batch_size=8,
+        histogram=False,
+        hessian_figure=False,
+        attacks=["pgd", "pgd++njs"],
+    )
+    trainer = _trainer(
+        max_steps=5, limit_val_batches=1, callbacks=[recorder, monitor], log_every_n_steps=1
+    )
     trainer.fit(system, data)
 
     steps = [s for s, _ in system.njs_history]
@@ -249,8 +280,15 @@ def test_njs_beta1_is_reestimated_every_interval_on_the_first_batch() -> None:
     system.njs_rule.calibrate(system.model, system._njs_ref)
     assert system.njs_rule.beta1 != values[-1]  # one more optimizer step since then
     metrics = trainer.callback_metrics
-    for key in ("train/loss", "train/acc_epoch", "train/adv_loss", "train/adv_acc_epoch",
-                "train/njs_beta1", "robust/pgd_acc", "robust/clean_acc"):
+    for key in (
+        "train/loss",
+        "train/acc_epoch",
+        "train/adv_loss",
+        "train/adv_acc_epoch",
+        "train/njs_beta1",
+        "robust/pgd_acc",
+        "robust/clean_acc",
+    ):
         assert key in metrics, sorted(metrics)
 
     # checkpoint round trip keeps the calibration batch
@@ -258,19 +296,30 @@ def test_njs_beta1_is_reestimated_every_interval_on_the_first_batch() -> None:
     system.on_save_checkpoint(ckpt)
     restored = AdversarialClassifier(
         _tiny_convnet("md_tanh_s"),
-        train_attack={"name": "pgd++njs", "eps": 0.1, "step_size": 0.025, "steps": 2})
+        train_attack={"name": "pgd++njs", "eps": 0.1, "step_size": 0.025, "steps": 2},
+    )
     restored.on_load_checkpoint(ckpt)
     assert torch.equal(restored._njs_ref, system._njs_ref)
     assert restored.njs_rule.beta1 == ckpt["adversarial_njs"]["beta1"]
 
 
-def test_njs_calibration_matches_njs_temperature() -> None:
-    system = AdversarialClassifier(_tiny_convnet("none"),
-                                   train_attack={"name": "pgd++njs", "eps": 0.1, "steps": 1},
-                                   njs_calibration_samples=6)
+@pytest.mark.parametrize("inner_bn_mode", ["eval", "train"])
+def test_njs_calibration_matches_njs_temperature(inner_bn_mode: str) -> None:
+    system = AdversarialClassifier(
+        _tiny_convnet("none"),
+        train_attack={"name": "pgd++njs", "eps": 0.1, "steps": 1},
+        njs_calibration_samples=6,
+        inner_bn_mode=inner_bn_mode,
+    )
     system.train()
     x, y = _batch(10)
-    expected = njs_temperature(system.model, x[:6], n_jsv=6)  # before the outer forward moves BN
+    # the same BatchNorm view as the attack; computed before the outer forward moves BN stats
+    view = BatchStatsView(system.model) if inner_bn_mode == "train" else system.model
+    expected = njs_temperature(view, x[:6], n_jsv=6)
+    other = njs_temperature(
+        system.model if inner_bn_mode == "train" else BatchStatsView(system.model), x[:6], n_jsv=6
+    )
+    assert other != pytest.approx(expected)  # the BatchNorm mode matters
     system.training_step((x, y), 0)
     assert torch.equal(system._njs_ref, x[:6])
     assert system.njs_history == [(0, pytest.approx(expected))]
@@ -285,8 +334,14 @@ def test_njs_calibration_matches_njs_temperature() -> None:
         ({"train_attack": {"name": "pgd", "eps": 8, "steps": 7}}, r"eps=8.*8/255"),
         ({"train_attack": {"name": "pgd", "eps": 0.0, "step_size": 0.01}}, r"eps in \(0, 1\]"),
         ({"train_attack": {"name": "pgd", "eps": -0.1}}, r"eps must be >= 0"),
-        ({"train_attack": {"name": "pgd", "eps": 0.1, "steps": 0}}, r"steps must be an integer >= 1"),
-        ({"train_attack": {"name": "pgd", "eps": 0.1, "temperature": "foo"}}, r"Unknown temperature 'foo'"),
+        (
+            {"train_attack": {"name": "pgd", "eps": 0.1, "steps": 0}},
+            r"steps must be an integer >= 1",
+        ),
+        (
+            {"train_attack": {"name": "pgd", "eps": 0.1, "temperature": "foo"}},
+            r"Unknown temperature 'foo'",
+        ),
         ({"train_attack": "pgd++foo"}, r"Unknown attack 'pgd\+\+foo'"),
         ({"adv_ratio": 1.5}, r"adv_ratio must be a number in \[0, 1\].*1.5"),
         ({"inner_bn_mode": "batch"}, r"inner_bn_mode must be one of \('eval', 'train'\).*'batch'"),
@@ -304,13 +359,19 @@ def test_default_is_the_paper_table4_attack() -> None:
     attack = system.train_attack
     assert isinstance(attack, PGD) and attack.temperature is None
     assert (attack.eps, attack.step_size, attack.steps, attack.random_start) == (
-        pytest.approx(8 / 255), pytest.approx(2 / 255), 7, True)
+        pytest.approx(8 / 255),
+        pytest.approx(2 / 255),
+        7,
+        True,
+    )
     assert system.hparams["train_attack"] == PAPER_TRAIN_ATTACK
-    hns = AdversarialClassifier(_tiny_convnet("none"), train_attack="pgd++hns",
-                                attack_dataset="fmnist")
+    hns = AdversarialClassifier(
+        _tiny_convnet("none"), train_attack="pgd++hns", attack_dataset="fmnist"
+    )
     assert hns.train_attack.name == "pgd++hns" and hns.njs_rule is None
-    njs = AdversarialClassifier(_tiny_convnet("none"), train_attack=PGD(0.1, 0.025, 7,
-                                                                        temperature=NJS()))
+    njs = AdversarialClassifier(
+        _tiny_convnet("none"), train_attack=PGD(0.1, 0.025, 7, temperature=NJS())
+    )
     assert njs.njs_rule is njs.train_attack.temperature
     assert njs.hparams["train_attack"]["name"] == "pgd++njs"
 
@@ -318,8 +379,12 @@ def test_default_is_the_paper_table4_attack() -> None:
 # ----------------------------------------------------------------------------- configs
 
 
-CONFIGS = sorted([*ROOT.glob("configs/cifar10/adv_resnet18_*.yaml"),
-                  *ROOT.glob("configs/fmnist/adv_convnet_*.yaml")])
+CONFIGS = sorted(
+    [
+        *ROOT.glob("configs/cifar10/adv_resnet18_*.yaml"),
+        *ROOT.glob("configs/fmnist/adv_convnet_*.yaml"),
+    ]
+)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -328,15 +393,23 @@ def test_adversarial_configs_instantiate(config: Path, tmp_path: Path) -> None:
 
     args = ["--config", str(config), "--log_dir", str(tmp_path), "--trainer.logger", "false"]
     if "cifar10" in str(config):
-        args += ["--data", "bnnrobust.data.SyntheticDataModule",
-                 "--data.init_args.in_channels", "3", "--data.init_args.image_size", "32"]
+        args += [
+            "--data",
+            "bnnrobust.data.SyntheticDataModule",
+            "--data.init_args.in_channels",
+            "3",
+            "--data.init_args.image_size",
+            "32",
+        ]
     cli = TrainCLI(args=args, run=False)
     system = cli.model
     assert isinstance(system, AdversarialClassifier)
     attack = system.train_attack
     expected_eps, expected_step = (8 / 255, 2 / 255) if "cifar10" in str(config) else (0.1, 0.025)
     assert (attack.name, attack.steps, attack.random_start) == ("pgd", 7, True)
-    assert attack.eps == pytest.approx(expected_eps) and attack.step_size == pytest.approx(expected_step)
+    assert attack.eps == pytest.approx(expected_eps) and attack.step_size == pytest.approx(
+        expected_step
+    )
     binarizer = config.stem.split("_", 2)[2]
     from bnnrobust.binarize import binary_modules
 
@@ -355,17 +428,46 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
     """train.py with 2 CPU processes (gloo), PGD++NJS inner loop (β1 averaged over ranks)."""
     summary = tmp_path / "summary.json"
     attack = json.dumps({"name": "pgd++njs", "eps": 0.1, "step_size": 0.025, "steps": 2})
-    cmd = [sys.executable, str(ROOT / "train.py"),
-           "--config", str(ROOT / "configs/fmnist/adv_convnet_md_tanh_s.yaml"),
-           "--data", "bnnrobust.data.SyntheticDataModule", "--data.init_args.num_samples", "32",
-           "--data.init_args.image_size", "12", "--data.init_args.batch_size", "8",
-           "--model.init_args.model.init_args.width", "0.125",
-           "--model.init_args.train_attack", attack, "--model.init_args.njs_interval", "1",
-           "--model.init_args.test_attacks", "[]",
-           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-           "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
-           "--trainer.enable_progress_bar", "false", "--skip_test", "true",
-           "--log_dir", str(tmp_path / "logs"), "--summary_json", str(summary)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(ROOT / "configs/fmnist/adv_convnet_md_tanh_s.yaml"),
+        "--data",
+        "bnnrobust.data.SyntheticDataModule",
+        "--data.init_args.num_samples",
+        "32",
+        "--data.init_args.image_size",
+        "12",
+        "--data.init_args.batch_size",
+        "8",
+        "--model.init_args.model.init_args.width",
+        "0.125",
+        "--model.init_args.train_attack",
+        attack,
+        "--model.init_args.njs_interval",
+        "1",
+        "--model.init_args.test_attacks",
+        "[]",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--skip_test",
+        "true",
+        "--log_dir",
+        str(tmp_path / "logs"),
+        "--summary_json",
+        str(summary),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

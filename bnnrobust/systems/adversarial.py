@@ -120,8 +120,9 @@ def _check_int(name: str, value: int | None, minimum: int, *, allow_none: bool =
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         extra = " or None" if allow_none else ""
-        raise ValueError(f"AdversarialClassifier: {name} must be an integer >= {minimum}{extra}, "
-                         f"got {value!r}.")
+        raise ValueError(
+            f"AdversarialClassifier: {name} must be an integer >= {minimum}{extra}, got {value!r}."
+        )
 
 
 class AdversarialClassifier(ImageClassifier):
@@ -192,13 +193,20 @@ class AdversarialClassifier(ImageClassifier):
             test_attacks=test_attacks,
             attack_dataset=attack_dataset,
         )
-        if (isinstance(adv_ratio, bool) or not isinstance(adv_ratio, int | float)
-                or not 0.0 <= adv_ratio <= 1.0):
-            raise ValueError(f"AdversarialClassifier: adv_ratio must be a number in [0, 1] (the "
-                             f"fraction of each batch made adversarial), got {adv_ratio!r}.")
+        if (
+            isinstance(adv_ratio, bool)
+            or not isinstance(adv_ratio, int | float)
+            or not 0.0 <= adv_ratio <= 1.0
+        ):
+            raise ValueError(
+                f"AdversarialClassifier: adv_ratio must be a number in [0, 1] (the "
+                f"fraction of each batch made adversarial), got {adv_ratio!r}."
+            )
         if inner_bn_mode not in _BN_MODES:
-            raise ValueError(f"AdversarialClassifier: inner_bn_mode must be one of {_BN_MODES}, "
-                             f"got {inner_bn_mode!r}.")
+            raise ValueError(
+                f"AdversarialClassifier: inner_bn_mode must be one of {_BN_MODES}, "
+                f"got {inner_bn_mode!r}."
+            )
         _check_int("njs_interval", njs_interval, 1)
         _check_int("njs_calibration_samples", njs_calibration_samples, 1, allow_none=True)
         self.adv_ratio = float(adv_ratio)
@@ -213,8 +221,9 @@ class AdversarialClassifier(ImageClassifier):
         njs = self.njs_rule
         if njs is not None and njs_calibration_samples is not None:
             njs.n_jsv = njs_calibration_samples
-        self.train_adv_acc = MulticlassAccuracy(num_classes=self.train_acc.num_classes,
-                                                average="micro")
+        self.train_adv_acc = MulticlassAccuracy(
+            num_classes=self.train_acc.num_classes, average="micro"
+        )
         # NJS calibration state (saved in checkpoints)
         self._njs_ref: Tensor | None = None
         self._njs_step: int | None = None
@@ -227,12 +236,15 @@ class AdversarialClassifier(ImageClassifier):
             attack = spec
         else:
             if not isinstance(spec, str | dict):
-                raise TypeError(f"AdversarialClassifier: train_attack must be an attack name, a "
-                                f"dict for build_attack or an Attack, got {type(spec).__name__}.")
+                raise TypeError(
+                    f"AdversarialClassifier: train_attack must be an attack name, a "
+                    f"dict for build_attack or an Attack, got {type(spec).__name__}."
+                )
             from bnnrobust.attacks.factory import build_attack
 
-            attack = build_attack(dict(spec) if isinstance(spec, dict) else spec,
-                                  dataset=self.attack_dataset)
+            attack = build_attack(
+                dict(spec) if isinstance(spec, dict) else spec, dataset=self.attack_dataset
+            )
         eps = getattr(attack, "eps", None)
         if eps is not None and not 0.0 < float(eps) <= 1.0:
             hint = f" Did you mean {eps}/255 = {float(eps) / 255:.4g}?" if float(eps) > 1 else ""
@@ -242,10 +254,13 @@ class AdversarialClassifier(ImageClassifier):
                 f"e.g. 8/255 = 0.0314 for CIFAR-10, 0.1 for Fashion-MNIST).{hint}"
             )
         steps = getattr(attack, "steps", None)
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
-                                  or steps < 1):
-            raise ValueError(f"AdversarialClassifier: the training attack's steps must be an "
-                             f"integer >= 1, got {steps!r}.")
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
+            raise ValueError(
+                f"AdversarialClassifier: the training attack's steps must be an "
+                f"integer >= 1, got {steps!r}."
+            )
         return attack
 
     @property
@@ -319,8 +334,14 @@ class AdversarialClassifier(ImageClassifier):
             adv_loss = F.cross_entropy(adv_logits.detach(), adv_y)
             self.train_adv_acc(adv_logits.detach(), adv_y)
             self.log("train/adv_loss", adv_loss, sync_dist=True, batch_size=k)
-            self.log("train/adv_acc", self.train_adv_acc, on_step=True, on_epoch=True,
-                     prog_bar=True, batch_size=k)
+            self.log(
+                "train/adv_acc",
+                self.train_adv_acc,
+                on_step=True,
+                on_epoch=True,
+                prog_bar=True,
+                batch_size=k,
+            )
         return loss
 
     # -- checkpoints ------------------------------------------------------------------------
