@@ -9,6 +9,7 @@ scheduler come from the config, and test-time attacks are built by
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -57,7 +58,10 @@ class ImageClassifier(L.LightningModule):
         attack_dataset: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        with warnings.catch_warnings():
+            # built in Python (not by the CLI) the network arrives as a module; it is dropped below
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
         if isinstance(self.hparams.get("model"), nn.Module):
             # built in Python rather than by the CLI: the module itself lives in the state dict
             del self.hparams["model"]
