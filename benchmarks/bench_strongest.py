@@ -125,6 +125,7 @@ def main() -> None:
         train(model, xtr, ytr, args.train_steps, args.seed)
         desc += f", trained here: {args.train_steps} Adam steps, batch 128"
     train_s = time.perf_counter() - t0
+    print(f"model ready in {train_s:.0f} s: {desc}", file=sys.stderr, flush=True)
     model.eval()
     xte, yte = load_split(args.data_dir, "t10k")
     x, y = xte[: args.n], yte[: args.n]
@@ -142,6 +143,7 @@ def main() -> None:
         t = time.perf_counter()
         a = accuracy(model, atk(model, x, y), y)
         rows.append((name, a, time.perf_counter() - t))
+        print(f"{name}: {100 * a:.1f} %", file=sys.stderr, flush=True)
 
     cascades = {
         "strongest": strongest_cascade("fmnist", eps=eps, steps=steps, n_queries=args.n_queries,
@@ -160,6 +162,7 @@ def main() -> None:
         assert abs(check - res.robust_acc) < 1e-9, "re-evaluation must reproduce the number"
         rows.append((name, res.robust_acc, res.seconds))
         tables[name] = res.table()
+        print(f"{name}:\n{res.table()}", file=sys.stderr, flush=True)
         results[name] = res.to_dict()
 
     date = datetime.date.today().isoformat()
