@@ -154,6 +154,7 @@ class Settings:
     synthetic_samples: int = 512
     n_eval: int = 1000
     batch_size: int = 250
+    pgd_steps: int | None = None
     apgd_steps: int = 50
     square_queries: int = 1000
     restarts: int = 20
@@ -173,11 +174,11 @@ class Settings:
     @classmethod
     def quick(cls, synthetic: bool = False) -> Settings:
         """The same pipeline at toy size (tests): a few hundred images, tiny budgets."""
-        return cls(profile="quick", synthetic=synthetic, train_subset=192, adv_train_subset=128,
-                   val_size=64, max_epochs=1, train_batch_size=64, width=0.25,
-                   synthetic_samples=192, n_eval=40, batch_size=40, apgd_steps=4,
-                   square_queries=12, restarts=3, signal_n=16, sweep_n=24,
-                   sweep_eps=(0.0, 0.05, 0.1), sweep_models=(REF_KEY, WQ_KEY))
+        return cls(profile="quick", synthetic=synthetic, train_subset=128, adv_train_subset=64,
+                   val_size=32, max_epochs=1, train_batch_size=64, width=0.25,
+                   synthetic_samples=128, n_eval=16, batch_size=16, pgd_steps=2, apgd_steps=2,
+                   square_queries=4, restarts=2, signal_n=8, sweep_n=16,
+                   sweep_eps=(0.0, 0.1), sweep_models=(REF_KEY, WQ_KEY))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -421,6 +422,13 @@ def _train_stage(ctx: Context, spec: ModelSpec) -> Stage:
 
 
 # -- evaluation -----------------------------------------------------------------------------------
+def _pgd_overrides(name: str, settings: Settings) -> dict[str, Any]:
+    """``{"steps": k}`` for PGD-type names when the settings shorten PGD (``--quick``)."""
+    if settings.pgd_steps is None or name.startswith("fgsm"):
+        return {}
+    return {"steps": settings.pgd_steps}
+
+
 def attack_suite(spec: ModelSpec, settings: Settings,
                  ref_model: torch.nn.Module | None) -> dict[str, Any]:
     """The attacks run on ``spec``'s network, keyed as in :data:`ATTACK_ROWS`.
@@ -438,15 +446,19 @@ def attack_suite(spec: ModelSpec, settings: Settings,
 
     ds = settings.dataset
     s, q = settings.apgd_steps, settings.square_queries
-    attacks: dict[str, Any] = {name: build_attack(name, dataset=ds) for name in _NAMED_ATTACKS}
+
+    def named(name: str) -> Any:
+        return build_attack(name, dataset=ds, **_pgd_overrides(name, settings))
+
+    attacks: dict[str, Any] = {name: named(name) for name in _NAMED_ATTACKS}
     attacks["apgd-ce"] = build_attack({"name": "apgd-ce", "steps": s, "seed": settings.seed}, ds)
     attacks["apgd-dlr"] = build_attack({"name": "apgd-dlr", "steps": s, "seed": settings.seed}, ds)
     if spec.key in settings.peer_check_models:
         attacks["apgd-t"] = build_attack({"name": "apgd-t", "steps": s, "seed": settings.seed}, ds)
     attacks["square"] = build_attack({"name": "square", "n_queries": q, "seed": settings.seed}, ds)
     if ref_model is not None:
-        attacks["transfer_pgd"] = TransferAttack(ref_model, build_attack("pgd", dataset=ds))
-    attacks["pgd_restarts"] = Cascade([build_attack("pgd", dataset=ds)
+        attacks["transfer_pgd"] = TransferAttack(ref_model, named("pgd"))
+    attacks["pgd_restarts"] = Cascade([named("pgd")
                                        for _ in range(settings.restarts)],
                                       name=f"pgd-{settings.restarts}restarts")
     attacks["strongest"] = strongest_cascade(ds, steps=s, n_queries=q, seed=settings.seed)
@@ -456,7 +468,7 @@ def attack_suite(spec: ModelSpec, settings: Settings,
 def _eval_units(spec: ModelSpec, settings: Settings) -> float:
     """Generous image-steps of one model's evaluation (assumed robust fractions)."""
     r = 0.75 if spec.adversarial else (0.15 if spec.family == "ref" else 0.5)
-    s, q, t = settings.apgd_steps, settings.square_queries, 20
+    s, q, t = settings.apgd_steps, settings.square_queries, settings.pgd_steps or 20
     hns = 12.0
     per = 3 + 2 * hns                     # fgsm, ++njs, ++hns
     per += 2 * (3 * t + hns)              # pgd L∞/L2 and ++
@@ -535,14 +547,16 @@ def _sweep_stage(ctx: Context, spec: ModelSpec) -> Stage:
 
         s = ctx.settings
         x, y = ctx.test_data(spec.key, s.sweep_n)
-        res = eps_sweep(ctx.model(spec.key), x, y, list(SWEEP_ATTACKS), list(s.sweep_eps),
+        specs = [{"name": a, **_pgd_overrides(a, s)} for a in SWEEP_ATTACKS]
+        res = eps_sweep(ctx.model(spec.key), x, y, specs, list(s.sweep_eps),
                         dataset=s.dataset, seed=s.seed, batch_size=s.batch_size, device="cpu",
                         json_path=js, png_path=js.with_suffix(".png"), progress=ctx.progress)
         return {"non_monotone": res["non_monotone"]}
 
     s = ctx.settings
     n_eps = sum(1 for e in s.sweep_eps if e > 0)
-    est = s.sweep_n * 0.9 * (1 + 20 + 20 + 32) * n_eps * ctx.step_seconds + 10.0
+    t = s.pgd_steps or 20
+    est = s.sweep_n * 0.9 * (1 + 3 * t + 12) * n_eps * ctx.step_seconds + 10.0
     return Stage(f"sweep/{spec.key}", f"accuracy vs eps of {spec.label} (Fig. 1b)", est,
                  [js, js.with_suffix(".png")], run_it, [f"train/{spec.key}"])
 
@@ -1200,9 +1214,29 @@ def _prepare_out(out: Path, settings: Settings, force: bool) -> dict[str, Any]:
     return manifest
 
 
+def _print_plan(ctx: Context, stages: Sequence[Stage],
+                status: Mapping[str, tuple[bool, str]]) -> float:
+    """Print the stage list with estimates; returns the estimated seconds still to run."""
+    n = len(stages)
+    s = ctx.settings
+    _log(f"bnnrobust reproduction ({s.profile}{', synthetic data' if s.synthetic else ''}) "
+         f"-> {ctx.out}")
+    _log(f"speed: {1000 * ctx.step_seconds:.2f} ms per image-step (forward+backward) on "
+         f"{torch.get_num_threads()} thread(s); plan (generous estimates):")
+    for i, st in enumerate(stages, 1):
+        done, why = status.get(st.key, (False, ""))
+        _log(f"  {i:2d}/{n} {st.title:<62} {_fmt_s(st.estimate_s):>9}"
+             f"{'  (reused: ' + why + ')' if done else ''}")
+    todo = sum(st.estimate_s for st in stages if not status.get(st.key, (False, ""))[0])
+    _log(f"  total to run: {_fmt_s(todo)}"
+         + ("  (over the 60-minute budget on this machine right now)" if todo > 3600 else ""))
+    return todo
+
+
 def run(out: str | Path, *, quick: bool = False, synthetic: bool = False, force: bool = False,
         markdown: str | Path | None = None, progress: bool = True,
-        settings: Settings | None = None) -> dict[str, Any]:
+        settings: Settings | None = None, step_seconds: float | None = None,
+        dry_run: bool = False) -> dict[str, Any]:
     """Run (or resume) the reproduction; returns the ``summary.json`` body.
 
     Args:
@@ -1214,6 +1248,8 @@ def run(out: str | Path, *, quick: bool = False, synthetic: bool = False, force:
             ``<out>/results.md`` otherwise (so that toy runs never replace the real report).
         progress: progress bars inside evaluation stages.
         settings: explicit settings (overrides ``quick``/``synthetic``).
+        step_seconds: seconds per image-step for the estimates (default: measured here).
+        dry_run: only print the plan (stages and estimates); write nothing.
 
     Raises:
         ReproError: ``out`` holds a complete run, another run's settings or foreign files
@@ -1226,29 +1262,27 @@ def run(out: str | Path, *, quick: bool = False, synthetic: bool = False, force:
     markdown = Path(markdown)
     if not s.synthetic:
         _check_fmnist()
+    if dry_run:
+        ctx = Context(out, s, markdown, progress)
+        ctx.step_seconds = step_seconds or calibrate(s.width or 0.5)
+        stages = plan_stages(ctx)
+        todo = _print_plan(ctx, stages, {})
+        return {"plan": {st.key: st.estimate_s for st in stages}, "total_s": todo,
+                "step_seconds": ctx.step_seconds}
     manifest = _prepare_out(out, s, force)
     ctx = Context(out, s, markdown, progress)
-    ctx.step_seconds = calibrate(s.width or 0.5)
-    stages = plan_stages(ctx)
-    status = {st.key: _stage_done(ctx, st) for st in stages}
+    status = {st.key: _stage_done(ctx, st) for st in plan_stages(ctx)}
     if all(done for done, _ in status.values()):
         raise ReproError(
             f"--out {out} already holds a complete reproduction (report {markdown}). Refusing to "
             "overwrite it: pass --force to delete it and recompute everything, or delete one "
             f"output (e.g. {ctx.eval_json(REF_KEY)}) and rerun to recompute just that part.")
+    ctx.step_seconds = step_seconds or calibrate(s.width or 0.5)
+    stages = plan_stages(ctx)  # again, with this machine's speed in the estimates
     torch.set_float32_matmul_precision("high")
     t_start = time.perf_counter()
     n = len(stages)
-    _log(f"bnnrobust reproduction ({s.profile}{', synthetic data' if s.synthetic else ''}) -> {out}")
-    _log(f"speed: {1000 * ctx.step_seconds:.2f} ms per image-step (forward+backward) on "
-         f"{torch.get_num_threads()} thread(s); plan (generous estimates):")
-    for i, st in enumerate(stages, 1):
-        done, why = status[st.key]
-        _log(f"  {i:2d}/{n} {st.title:<62} {_fmt_s(st.estimate_s):>9}"
-             f"{'  (reused: ' + why + ')' if done else ''}")
-    todo_est = sum(st.estimate_s for st in stages if not status[st.key][0])
-    _log(f"  total to run: {_fmt_s(todo_est)}"
-         + ("  (over the 60-minute budget on this machine right now)" if todo_est > 3600 else ""))
+    _print_plan(ctx, stages, status)
     manifest["step_seconds"] = ctx.step_seconds
     manifest["status"] = "running"
     manifest.setdefault("stage_estimates", {}).update({st.key: st.estimate_s for st in stages})
@@ -1320,6 +1354,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Report path (default docs/results.md for the full Fashion-MNIST run, "
                         "<out>/results.md otherwise).")
     p.add_argument("--no-progress", action="store_true", help="No progress bars inside stages.")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Print the plan (stages, estimated minutes) and exit; writes nothing.")
+    p.add_argument("--step-ms", type=float, default=None,
+                   help="Milliseconds per image-step for the estimates (default: measured).")
     return p
 
 
@@ -1328,7 +1366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     try:
         run(args.out, quick=args.quick, synthetic=args.synthetic, force=args.force,
-            markdown=args.markdown, progress=not args.no_progress)
+            markdown=args.markdown, progress=not args.no_progress,
+            step_seconds=None if args.step_ms is None else args.step_ms / 1000.0,
+            dry_run=args.dry_run)
     except ReproError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
