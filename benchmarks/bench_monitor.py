@@ -2,7 +2,7 @@
 
 Quickstart-like: Fashion-MNIST (``/usr/share/datasets/fashion-mnist``), ConvNet width 0.5,
 Adam 1e-3, batch 128, 20k training images, 5k validation images, CPU. One epoch is trained
-with the monitor at its defaults (512 samples, quick preset: PGD/PGD++NJS/PGD++HNS, 5 steps,
+with the monitor at its defaults (128 samples, 64 of them for the signal metrics, quick preset: PGD/PGD++NJS/PGD++HNS, 5 steps,
 histograms and Hessian figure to TensorBoard); overhead = monitor seconds / (epoch seconds
 without the monitor). Goal: <= 10 %. One epoch is trained without the monitor, then the
 monitor runs once per configuration on the trained model (``trainer.validate``); CPU time
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import sys
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=0.5)
     ap.add_argument("--binarizer", default="none")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="monitor runs per config (min is kept)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     L.seed_everything(0, verbose=False)
@@ -87,9 +89,20 @@ def main() -> None:
                 kwargs["signal_samples"] = args.signal_samples
             if args.no_images:
                 kwargs.update(histogram=False, hessian_figure=False)
-            monitor = TimedMonitor(attacks=args.attacks, **kwargs)
-            trainer(tmp, [monitor]).validate(system, data, verbose=False)
+            best: dict[str, float] = {}
+            for _ in range(args.repeats):  # the minimum over repeats filters other processes' load
+                monitor = TimedMonitor(attacks=args.attacks, **kwargs)
+                trainer(tmp, [monitor]).validate(system, data, verbose=False)
+                current = {"wall": monitor.last_metrics["robust/seconds"], "cpu": monitor.cpu_seconds,
+                           **monitor.last_timings}
+                best = {k: min(v, best.get(k, math.inf)) for k, v in current.items()}
+            monitor.best = best
             rows.append(monitor)
+        # 3) a second epoch without the monitor; the faster of the two is the reference
+        wall, cpu = time.perf_counter(), time.process_time()
+        trainer(tmp, []).fit(system, data)
+        epoch_wall = min(epoch_wall, time.perf_counter() - wall)
+        epoch_cpu = min(epoch_cpu, time.process_time() - cpu)
 
     print(f"\n{datetime.date.today()}  {platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} (shared machine)")
@@ -97,16 +110,17 @@ def main() -> None:
     print(f"epoch without monitor (train {args.train_subset} + val 5000 images): "
           f"{epoch_wall:.1f} s wall, {epoch_cpu:.1f} s CPU\n")
     phases = sorted({k for m in rows for k in m.last_timings})
+    print(f"monitor: minimum over {args.repeats} runs per configuration; epoch: the faster of two")
     print("| num_samples | signal_samples | attacks (steps) | monitor wall s | monitor CPU s | "
           "overhead (CPU) | overhead (wall) | " + " | ".join(phases) + " |")
     print("|" + "---|" * (7 + len(phases)))
     for m in rows:
-        wall_s = m.last_metrics["robust/seconds"]
+        wall_s, cpu_s = m.best["wall"], m.best["cpu"]
         attacks = ", ".join(f"{t} ({getattr(a, 'steps', '-')})" for t, a in zip(m.attack_tags, m.attacks, strict=True))
         print(f"| {m.num_samples} | {min(m.signal_samples, m.num_samples)} | {attacks} | {wall_s:.1f} | "
-              f"{m.cpu_seconds:.1f} | {100 * m.cpu_seconds / epoch_cpu:.1f} % | "
+              f"{cpu_s:.1f} | {100 * cpu_s / epoch_cpu:.1f} % | "
               f"{100 * wall_s / epoch_wall:.1f} % | "
-              + " | ".join(f"{m.last_timings.get(k, 0.0):.1f}" for k in phases) + " |")
+              + " | ".join(f"{m.best.get(k, 0.0):.1f}" for k in phases) + " |")
     m = rows[-1]
     print(f"\nclean acc {m.last_metrics['robust/clean_acc']:.3f}; "
           + ", ".join(f"{t} {m.last_metrics[f'robust/{t}_acc']:.3f}" for t in m.attack_tags))

@@ -94,13 +94,13 @@ class RobustnessMonitor(Callback):
     def __init__(
         self,
         every_n_epochs: int = 1,
-        num_samples: int = 512,
+        num_samples: int = 128,
         attacks: list[str | dict[str, Any]] | None = None,
         seed: int = 0,
         batch_size: int = 128,
         histogram: bool = True,
         hessian_figure: bool = True,
-        signal_samples: int = 100,
+        signal_samples: int = 64,
         hns_grid: int = 100,
         hessian_samples: int = 4,
     ) -> None:
