@@ -80,8 +80,7 @@ def test_quick_run_writes_every_output(quick_run: tuple[Path, dict[str, Any], bo
     assert saved.keys() >= {"settings", "accuracy", "findings", "verdicts", "peer_check_ok"}
     assert saved["accuracy"] == summary["accuracy"]
     assert set(saved["accuracy"]) == {m.key for m in R.MODELS}
-    assert saved["findings"] and all(f["verdict"] in ("agrees", "partly agrees", "differs",
-                                                      "not measured") for f in saved["findings"])
+    assert saved["findings"] and all(f["verdict"] in R.VERDICTS for f in saved["findings"])
 
 
 def test_markdown_has_every_attack_row_and_links(quick_run: tuple[Path, dict[str, Any], bool]) -> None:
@@ -224,6 +223,14 @@ def test_findings_are_computed_from_the_numbers() -> None:
     assert f[0].verdict == "differs"
     absent = [x for x in R.findings({}, None, {}, None) if "PGD++ L∞ lowers" in x.claim]
     assert absent and all(x.verdict == "not measured" for x in absent)
+    floor = _evals({"wq_md_tanh_s": {"pgd": 0.5, "pgd++njs": 0.0, "pgd++hns": 0.0}})
+    f = [x for x in R.findings(floor, None, {}, None) if "PGD++ L∞ lowers BNN-WQ (MD" in x.claim]
+    assert f[0].verdict == "not testable"
+    sweep = {"wq_md_tanh_s": {"eps": [0.0, 0.1], "n": 10, "non_monotone": [], "attacks": {
+        "pgd": {"adv_acc": [80.0, 30.0]}, "pgd++njs": {"adv_acc": [80.0, 10.0]},
+        "pgd++hns": {"adv_acc": [80.0, 12.0]}}}}
+    f = [x for x in R.findings({}, None, sweep, None) if x.topic == "Tables 2, 3 (sweep)"]
+    assert len(f) == 1 and f[0].verdict == "agrees" and "eps 0.1" in f[0].claim
     sweeps = {"ref": {"non_monotone": ["pgd"]}}
     f = [x for x in R.findings({}, None, sweeps, None) if x.topic == "Fig. 1b"]
     assert f[0].verdict == "differs"
