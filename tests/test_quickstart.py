@@ -1,0 +1,61 @@
+"""The quickstart job: trains each binarizer's model and compares PGD with PGD++ honestly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bnnrobust.quickstart import comparison_table, conclusion, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_conclusion_is_computed_from_the_numbers() -> None:
+    masked = {"BNN": {"test/pgd_acc": 0.30, "test/pgd++njs_acc": 0.10, "test/pgd++hns_acc": 0.12}}
+    honest = {"REF": {"test/pgd_acc": 0.034, "test/pgd++njs_acc": 0.04, "test/pgd++hns_acc": 0.034}}
+    assert "lowers adversarial accuracy by 20.0 points" in conclusion(masked)
+    assert "no gradient masking visible" in conclusion(honest)
+    assert conclusion({"X": {"test/clean_acc": 0.5}}) == ""
+
+
+def test_table_puts_clean_first_and_marks_missing() -> None:
+    table = comparison_table({"a": {"test/clean_acc": 0.5, "test/pgd_acc": 0.25},
+                              "b": {"test/clean_acc": 0.75}})
+    lines = table.splitlines()
+    assert lines[0] == "| model | clean | pgd |"
+    assert lines[2] == "| a | 50.0 | 25.0 |" and lines[3] == "| b | 75.0 | – |"
+
+
+def test_quickstart_config_is_the_documented_main_job() -> None:
+    cfg = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    init = cfg["model"]["init_args"]
+    assert init["model"]["init_args"]["binarizer"] == "none"
+    assert {"pgd", "pgd++njs", "pgd++hns"} <= set(init["test_attacks"])
+    assert cfg["data"]["class_path"] == "bnnrobust.data.FashionMNISTDataModule"
+    callbacks = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
+    assert "callbacks.robustness_monitor.RobustnessMonitor" in callbacks
+
+
+def test_quickstart_trains_ref_and_bnn_and_prints_the_comparison(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    cfg["data"] = {"class_path": "bnnrobust.data.SyntheticDataModule",
+                   "init_args": {"num_samples": 64, "image_size": 12, "batch_size": 16}}
+    cfg["model"]["init_args"]["test_attacks"] = [
+        {"name": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
+        {"name": "pgd++njs", "eps": 0.1, "step_size": 0.05, "steps": 2}]
+    cfg["trainer"]["callbacks"] = [c for c in cfg["trainer"]["callbacks"]
+                                   if not c["class_path"].endswith("RobustnessMonitor")]
+    cfg["trainer"]["enable_progress_bar"] = False
+    path = tmp_path / "qs.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    results = main(["--config", str(path), "--log_dir", str(tmp_path / "logs")])
+    assert list(results) == ["float REF", "BNN-WQ (BC)"]
+    for metrics in results.values():
+        assert metrics["test/pgd_acc"] <= metrics["test/clean_acc"]
+        assert "test/pgd++njs_acc" in metrics
+    out = capsys.readouterr().out
+    assert "| float REF |" in out and "| BNN-WQ (BC) |" in out
+    assert (tmp_path / "logs" / "quickstart_bc" / "checkpoints" / "last.ckpt").is_file()
