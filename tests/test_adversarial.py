@@ -459,6 +459,9 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
         "2",
         "--trainer.limit_val_batches",
         "1",
+        # the config's robustness monitor needs more validation samples than this toy set has
+        "--trainer.callbacks",
+        "[{class_path: callbacks.binarizer_schedule.BinarizerSchedule}]",
         "--trainer.enable_progress_bar",
         "false",
         "--skip_test",
