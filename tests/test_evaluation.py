@@ -337,3 +337,12 @@ def test_two_process_gloo_matches_single_process(tmp_path: Path) -> None:
     blob = torch.load(adv_path(tmp_path / "adv", "pgd"), weights_only=True)
     assert torch.equal(blob["indices"], torch.arange(37))  # gathered from both ranks, in order
     assert reevaluate(model, adv_path(tmp_path / "adv", "pgd")) == pytest.approx(ddp["attacks"]["pgd"]["adv_acc"])
+
+
+def test_eps_sweep_refuses_an_attack_without_an_eps_budget() -> None:
+    from bnnrobust.evaluation.sweep import eps_sweep
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match="no eps budget"):
+        eps_sweep(model, x, y, ["pgd", "deepfool"], [0.0, 0.1])

@@ -74,7 +74,14 @@ def eps_sweep(
         raise ValueError("eps_sweep: give at least one attack name or dict.")
     specs: dict[str, str | dict[str, Any]] = {}
     for spec in attacks:
-        name = build_attack(spec, dataset=dataset).name
+        built_once = build_attack(spec, dataset=dataset)
+        if "eps" not in built_once.describe():
+            raise ValueError(
+                f"eps_sweep: attack {built_once.name!r} has no eps budget (e.g. DeepFool is "
+                "unbounded), so it cannot be swept over eps; give eps-bounded attacks such as "
+                "'pgd', 'fgsm', 'apgd-ce' or 'square'."
+            )
+        name = built_once.name
         key, i = name, 2
         while key in specs:
             key, i = f"{name}#{i}", i + 1
