@@ -179,3 +179,10 @@ def test_synthetic_module_is_learnable_and_deterministic() -> None:
 def test_bad_data_arguments_name_the_value(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SyntheticDataModule(**kwargs)
+
+
+def test_test_subset_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="test_subset"):
+        MNISTDataModule(data_dir=str(tmp_path), test_subset=0)
+    with pytest.raises(ValueError, match="test_subset"):
+        CIFAR10DataModule(data_dir=str(tmp_path), test_subset=-3)

@@ -22,6 +22,7 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: samples per batch (per device under DDP).
         num_workers: data-loading worker processes (0 loads in the main process).
         seed: seed of the train/validation split (the split is the same on every rank and rerun).
+        test_subset: keep only the first N test images (fast evaluation); None keeps all.
     """
 
     dataset_name: str = "unknown"
@@ -31,15 +32,19 @@ class ImageDataModule(L.LightningDataModule):
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, seed: int = 0,
+                 test_subset: int | None = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers!r}.")
+        if test_subset is not None and test_subset < 1:
+            raise ValueError(f"test_subset must be None or a positive integer, got {test_subset!r}.")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.test_subset = test_subset
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None

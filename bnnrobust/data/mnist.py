@@ -70,13 +70,11 @@ class _IdxDataModule(ImageDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed,
+                         test_subset=test_subset)
         if train_subset is not None and train_subset < 1:
             raise ValueError(f"train_subset must be None or a positive integer, got {train_subset!r}.")
         self.save_hyperparameters()
-        if test_subset is not None and test_subset < 1:
-            raise ValueError(f"test_subset must be None or a positive integer, got {test_subset!r}.")
-        self.test_subset = test_subset
         self.data_dir = data_dir
         self.val_size = val_size
         self.train_subset = train_subset
