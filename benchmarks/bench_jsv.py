@@ -1,19 +1,28 @@
 """Jacobian singular-value statistics of 100 samples: batched Jacobian vs a per-sample loop.
 
 Model: the quickstart ConvNet (width 0.5, Fashion-MNIST, 10 classes, eval mode); data: the
-first 100 Fashion-MNIST test images (random images if the files are missing). Compared:
+first 100 Fashion-MNIST test images (random images if the files are missing). ``--model``
+picks another architecture (on random 3x32x32 images). Compared:
 
 * ``loop_autograd`` — per sample (batch of 1): one forward, d backward passes (one per
   logit, ``retain_graph``), one SVD of the d × N Jacobian (``torch.linalg.svdvals``);
+* ``loop_functional`` — per sample: ``torch.autograd.functional.jacobian(vectorize=True)``
+  (torch's own per-sample Jacobian: one forward, one vmapped backward), one SVD;
 * ``loop_batch1`` — per sample: ``input_jacobian`` on a batch of 1 (the sample repeated d
   times, one backward), one SVD;
 * ``batched`` — what :mod:`bnnrobust.metrics.signal` uses: ``input_jacobian_and_logits`` on
-  the whole batch (chunks of 32 samples × d copies, one backward per chunk) and the
-  singular values from the d × d Gram matrix ``J Jᵀ`` (``eigvalsh``).
+  the whole batch (chunks of 32 samples: one forward, d backward passes per chunk, eval
+  BatchNorm run as ``x·α + β``) and the singular values from the d × d Gram matrix ``J Jᵀ``
+  (``eigvalsh``);
+* ``batched_plain_bn`` — the same with ``affine_batchnorm=False`` (BatchNorm layers called
+  as they are), to show what the affine BatchNorm contributes.
 
-Goal: ``batched`` >= 5x faster than the per-sample loop. Median of ``--repeats`` runs.
+Goal: ``batched`` >= 5x faster than the per-sample loop. The methods are timed interleaved
+(one call of each per round, ``--repeats`` rounds) so that a noisy shared machine slows them
+alike; the table gives the median time and the median of the per-round speed-ups.
 
     .venv/bin/python benchmarks/bench_jsv.py [--n 100] [--repeats 5] [--threads 2]
+        [--model convnet] [--width 0.5] [--binarizer none] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,6 +77,15 @@ def loop_autograd(model: nn.Module, x: Tensor) -> Tensor:
     return torch.stack(out)
 
 
+def loop_functional(model: nn.Module, x: Tensor) -> Tensor:
+    """torch's own per-sample Jacobian (``vectorize=True``: one vmapped backward per sample)."""
+    out = []
+    for i in range(x.shape[0]):
+        jac = torch.autograd.functional.jacobian(lambda v: model(v)[0], x[i : i + 1], vectorize=True)
+        out.append(torch.linalg.svdvals(jac.reshape(jac.shape[0], -1)))
+    return torch.stack(out)
+
+
 def loop_batch1(model: nn.Module, x: Tensor) -> Tensor:
     return torch.stack([torch.linalg.svdvals(input_jacobian(model, x[i : i + 1])[0])
                         for i in range(x.shape[0])])
@@ -76,15 +96,57 @@ def batched(model: nn.Module, x: Tensor) -> Tensor:
     return singular_values_from_gram(gram_from_jacobian(jac), jac.shape[-1])
 
 
-def timed(fn: Callable[[nn.Module, Tensor], Tensor], model: nn.Module, x: Tensor,
-          repeats: int) -> tuple[float, Tensor]:
-    times, sv = [], None
+def batched_plain_bn(model: nn.Module, x: Tensor) -> Tensor:
+    jac, _ = input_jacobian_and_logits(model, x, affine_batchnorm=False)
+    return singular_values_from_gram(gram_from_jacobian(jac), jac.shape[-1])
+
+
+METHODS: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
+    "loop_autograd": loop_autograd,
+    "loop_functional": loop_functional,
+    "loop_batch1": loop_batch1,
+    "batched_plain_bn": batched_plain_bn,
+    "batched": batched,
+}
+
+
+def timed_interleaved(model: nn.Module, x: Tensor,
+                      repeats: int) -> tuple[dict[str, list[float]], dict[str, Tensor]]:
+    times: dict[str, list[float]] = {name: [] for name in METHODS}
+    values: dict[str, Tensor] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        sv = fn(model, x)
-        times.append(time.perf_counter() - start)
-    assert sv is not None
-    return statistics.median(times), sv.double()
+        for name, fn in METHODS.items():
+            _sync(x.device)
+            start = time.perf_counter()
+            values[name] = fn(model, x).double()
+            _sync(x.device)
+            times[name].append(time.perf_counter() - start)
+    return times, values
+
+
+class FlopCount(TorchDispatchMode):
+    """Counts the FLOPs torch's flop registry knows (convolutions and their backward, matmuls).
+
+    ``FlopCounterMode`` cannot be used: its module hooks do not allow ``autograd.grad``
+    with respect to a leaf.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in flop_registry:
+            self.total += flop_registry[packet](*args, **kwargs, out_val=out)
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -93,31 +155,62 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--model", default="convnet",
+                    help="a bnnrobust model name; convnet runs on Fashion-MNIST images (1x28x28), "
+                         "the CIFAR architectures on random 3x32x32 images")
+    ap.add_argument("--binarizer", default="none", help="none, bc, gd_tanh, md_tanh_s or hubara")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = create_model("convnet", num_classes=10, in_channels=1, width=args.width,
-                         mean=(0.2860,), std=(0.3530,)).eval()
-    x = load_images(args.n)
+    device = torch.device(args.device)
+    if args.model == "convnet":
+        model = create_model("convnet", num_classes=10, in_channels=1, width=args.width,
+                             binarizer=args.binarizer, mean=(0.2860,), std=(0.3530,))
+        x = load_images(args.n)
+    else:
+        model = create_model(args.model, num_classes=10, in_channels=3, width=args.width,
+                             binarizer=args.binarizer, mean=(0.49, 0.48, 0.45),
+                             std=(0.25, 0.24, 0.26))
+        x = torch.rand(args.n, 3, 32, 32)
+    model, x = model.to(device).eval(), x.to(device)
     with torch.enable_grad():
-        batched(model, x[:4])  # warm-up
-        results = {name: timed(fn, model, x, args.repeats)
-                   for name, fn in (("loop_autograd", loop_autograd), ("loop_batch1", loop_batch1),
-                                    ("batched", batched))}
-    ref = results["loop_autograd"][1]
+        for fn in METHODS.values():  # warm-up
+            fn(model, x[:4])
+        _sync(device)
+        times, values = timed_interleaved(model, x, args.repeats)
+    ref = values["loop_autograd"]
     print(f"\n{datetime.date.today()}  {platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} (shared machine)")
     print(f"command: {' '.join(['python', *sys.argv])}")
-    print(f"{args.n} samples, ConvNet width {args.width}, d = 10, N = 784; median of {args.repeats}\n")
-    print("| method | seconds | speed-up vs loop_autograd | max abs diff of σ | jsv mean | jsv std |")
+    print(f"{args.n} samples, {args.model} width {args.width} binarizer {args.binarizer} on "
+          f"{device}, d = 10, N = {x[0].numel()}; {args.repeats} interleaved rounds\n")
+
+    def speedup(base: str, name: str) -> tuple[float, float, float]:
+        ratios = [b / t for b, t in zip(times[base], times[name], strict=True)]
+        return statistics.median(ratios), min(ratios), max(ratios)
+
+    print("| method | median seconds | speed-up vs loop_autograd (median, min–max of rounds) "
+          "| max abs diff of σ | jsv mean | jsv std |")
     print("|---|---|---|---|---|---|")
-    t_ref = results["loop_autograd"][0]
-    for name, (t, sv) in results.items():
+    for name, sv in values.items():
         diff = float((sv - ref).abs().max())
-        print(f"| {name} | {t:.3f} | {t_ref / t:.1f}x | {diff:.1e} | {float(sv.mean()):.4g} | "
-              f"{float(sv.std(unbiased=False)):.4g} |")
-    t_b1 = results["loop_batch1"][0]
-    print(f"\nbatched vs loop_batch1: {t_b1 / results['batched'][0]:.1f}x")
+        med, lo, hi = speedup("loop_autograd", name)
+        print(f"| {name} | {statistics.median(times[name]):.3f} | {med:.1f}x ({lo:.1f}–{hi:.1f}) | "
+              f"{diff:.1e} | {float(sv.mean()):.4g} | {float(sv.std(unbiased=False)):.4g} |")
+    med, lo, hi = speedup("loop_batch1", "batched")
+    print(f"\nbatched vs loop_batch1: {med:.1f}x ({lo:.1f}–{hi:.1f})")
+    fastest = min(("loop_autograd", "loop_functional", "loop_batch1"),
+                  key=lambda name: statistics.median(times[name]))
+    med, lo, hi = speedup(fastest, "batched")
+    print(f"batched vs the fastest per-sample loop ({fastest}): {med:.1f}x ({lo:.1f}–{hi:.1f})")
+    # The batched path is bound by arithmetic: count what it does and how fast it does it.
+    with torch.enable_grad(), FlopCount() as counter:
+        batched(model, x)
+    gflop = counter.total / 1e9
+    print(f"batched: {gflop:.2f} GFLOP counted (convolutions, matmuls), "
+          f"{gflop / statistics.median(times['batched']):.0f} GFLOP/s; the same arithmetic in "
+          f"{fastest}: {gflop / statistics.median(times[fastest]):.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

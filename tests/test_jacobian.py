@@ -128,3 +128,75 @@ def test_bad_arguments_and_constant_logits() -> None:
         jac = input_jacobian(Half(), x, method=method)
         assert torch.equal(jac[:, 1], torch.zeros_like(jac[:, 1]))
         assert torch.equal(jac[:, 0], torch.ones_like(jac[:, 0]))
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 8),
+        nn.BatchNorm1d(8, affine=False),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    ).double()
+    for m in model.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.3, 3.0)
+            if m.weight is not None:
+                m.weight.data.uniform_(-2.0, 2.0)
+                m.bias.data.uniform_(-1.0, 1.0)
+    return model.eval()
+
+
+def test_eval_batchnorm_as_affine_same_map_and_restored() -> None:
+    from bnnrobust.attacks.jacobian import eval_batchnorm_as_affine
+
+    model = _bn_net()
+    x = torch.rand(7, 1, 6, 6, dtype=torch.float64)
+    ref = model(x)
+    with eval_batchnorm_as_affine(model) as n_swapped:
+        assert n_swapped == 2
+        assert all("forward" in m.__dict__ for m in (model[1], model[5]))
+        out = model(x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    # switched to batch statistics inside the block: batch_norm again, not the running stats
+    with eval_batchnorm_as_affine(model):
+        model[1].train()
+        model[1].track_running_stats = False
+        h = model[0](x)
+        torch.testing.assert_close(model[1](h), nn.functional.batch_norm(
+            h, None, None, model[1].weight, model[1].bias, training=True))
+        model[1].track_running_stats = True
+        model[1].eval()
+    # the swap is undone even when the block raises
+    with pytest.raises(RuntimeError, match="boom"), eval_batchnorm_as_affine(model):
+        raise RuntimeError("boom")
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_eval_batchnorm_as_affine_leaves_training_layers_alone() -> None:
+    from bnnrobust.attacks.jacobian import eval_batchnorm_as_affine
+
+    model = _bn_net()
+    model[1].train()  # batch statistics: must keep calling batch_norm
+    no_stats = nn.BatchNorm1d(3, track_running_stats=False).eval()
+    with eval_batchnorm_as_affine(nn.ModuleList([model, no_stats])) as n_swapped:
+        assert n_swapped == 1
+        assert "forward" not in model[1].__dict__ and "forward" not in no_stats.__dict__
+
+
+def test_jacobian_with_affine_batchnorm_matches_plain_layers() -> None:
+    model = _bn_net()
+    x = torch.rand(5, 1, 6, 6, dtype=torch.float64)
+    ref = _reference_jacobian(model, x)
+    for method in ("loop", "repeat"):
+        fast, logits = input_jacobian_and_logits(model, x, method=method)
+        plain = input_jacobian(model, x, method=method, affine_batchnorm=False)
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(plain, ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(logits, model(x).detach(), rtol=1e-12, atol=1e-12)

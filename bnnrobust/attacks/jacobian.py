@@ -12,12 +12,78 @@ layers (``torch.func`` would need them to define ``vmap`` rules):
 The model's own train/eval mode is left untouched (callers decide; attacks run in eval mode,
 where BatchNorm does not mix the copies). Parameters' ``.grad`` are left untouched (gradients
 are taken with respect to the input only). Results are detached.
+
+While a Jacobian is taken, every eval-mode ``nn.BatchNorm1d/2d/3d`` with running statistics
+computes ``x·α + β`` (``α = γ/√(σ²+ε)``, ``β = b − μ·α``: the same per-channel affine map as
+PyTorch's inference kernel, equal to it up to float rounding) instead of calling ``batch_norm``: its backward is then one
+multiply rather than ``native_batch_norm_backward``, about 1.2x faster Jacobians on CPU
+(``benchmarks/bench_jsv.py``). The modules are restored on exit; training-mode BatchNorm is
+never touched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
 import torch
 from torch import Tensor, nn
+
+_PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _affine_batchnorm_forward(bn: nn.modules.batchnorm._BatchNorm):  # type: ignore[no-untyped-def]
+    """``bn``'s forward, computing ``x·α + β`` whenever ``bn`` would use its running statistics.
+
+    The mode and the statistics are read at every call, so a wrapper that switches the layer to
+    batch statistics inside the block (``BatchStatsView``) still gets ``batch_norm``.
+    """
+    original = type(bn).forward
+
+    def forward(x: Tensor) -> Tensor:
+        if bn.training or not bn.track_running_stats or bn.running_var is None:
+            return original(bn, x)
+        assert bn.running_mean is not None
+        alpha = torch.rsqrt(bn.running_var.detach() + bn.eps)
+        if bn.weight is not None:
+            alpha = alpha * bn.weight.detach()
+        beta = -bn.running_mean.detach() * alpha
+        if bn.bias is not None:
+            beta = beta + bn.bias.detach()
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.addcmul(beta.to(x.dtype).view(shape), x, alpha.to(x.dtype).view(shape))
+
+    return forward
+
+
+@contextmanager
+def eval_batchnorm_as_affine(model: nn.Module) -> Iterator[int]:
+    """Within the block, eval-mode BatchNorm layers of ``model`` run as ``x·α + β``.
+
+    Only plain ``nn.BatchNorm1d/2d/3d`` in eval mode with running statistics are swapped
+    (subclasses with their own ``forward``, training-mode and batch-statistics layers keep
+    theirs). Mode and statistics are read at each call: a swapped layer that is switched to
+    training mode or batch statistics inside the block (e.g. by the adversarial trainer's
+    ``BatchStatsView``) calls ``batch_norm`` again. Forward hooks still run. Yields the number
+    of layers swapped.
+    """
+    swapped: list[nn.Module] = []
+    try:
+        for m in model.modules():
+            if (
+                type(m) in _PLAIN_BATCHNORMS
+                and not m.training
+                and m.track_running_stats
+                and m.running_mean is not None
+                and m.running_var is not None
+                and "forward" not in m.__dict__
+            ):
+                m.forward = _affine_batchnorm_forward(m)  # type: ignore[method-assign]
+                swapped.append(m)
+        yield len(swapped)
+    finally:
+        for m in swapped:
+            del m.forward
 
 
 def _num_classes(model: nn.Module, x: Tensor) -> int:
@@ -38,6 +104,7 @@ def input_jacobian_and_logits(
     num_classes: int | None = None,
     chunk_size: int = 32,
     method: str = "auto",
+    affine_batchnorm: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Like :func:`input_jacobian`, also returning the (B, d) logits (detached) for free."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -59,7 +126,10 @@ def input_jacobian_and_logits(
     d_rep = 0
     if method == "repeat":
         d_rep = num_classes if num_classes is not None else _num_classes(model, x)
-    with torch.enable_grad():
+    bn_context: AbstractContextManager[object] = (
+        eval_batchnorm_as_affine(model) if affine_batchnorm else nullcontext()
+    )
+    with torch.enable_grad(), bn_context:
         for start in range(0, b, chunk_size):
             xc = x[start : start + chunk_size]
             bc = xc.shape[0]
@@ -123,6 +193,7 @@ def input_jacobian(
     num_classes: int | None = None,
     chunk_size: int = 32,
     method: str = "auto",
+    affine_batchnorm: bool = True,
 ) -> Tensor:
     """Jacobian of the logits with respect to the input, per sample.
 
@@ -137,12 +208,16 @@ def input_jacobian(
             ``"loop"`` on CPU and ``"repeat"`` elsewhere. Both use plain autograd only (no
             ``vmap``), so custom autograd Functions work, and both give the same result.
             Repeating every sample d times leaves BatchNorm batch statistics unchanged.
+        affine_batchnorm: run eval-mode BatchNorm as ``x·α + β`` meanwhile (see the module
+            docstring: same map up to float rounding, faster backward); ``False`` calls the
+            layers as they are.
 
     Returns:
         (B, d, N) detached tensor in ``x``'s dtype, N = ``x[0].numel()``.
     """
     return input_jacobian_and_logits(
-        model, x, num_classes=num_classes, chunk_size=chunk_size, method=method
+        model, x, num_classes=num_classes, chunk_size=chunk_size, method=method,
+        affine_batchnorm=affine_batchnorm,
     )[0]
 
 
