@@ -211,6 +211,20 @@ def main() -> None:
     print(f"batched: {gflop:.2f} GFLOP counted (convolutions, matmuls), "
           f"{gflop / statistics.median(times['batched']):.0f} GFLOP/s; the same arithmetic in "
           f"{fastest}: {gflop / statistics.median(times[fastest]):.0f} GFLOP/s")
+    # A ceiling for this machine: float32 matrix multiplication (1024 x 1024) FLOP rate.
+    a = torch.randn(1024, 1024, device=device)
+    gemm_times = []
+    for _ in range(10):
+        _sync(device)
+        start = time.perf_counter()
+        a @ a
+        _sync(device)
+        gemm_times.append(time.perf_counter() - start)
+    peak = 2 * 1024**3 / 1e9 / min(gemm_times)
+    floor = gflop / peak
+    print(f"float32 matmul peak here: {peak:.0f} GFLOP/s; at that rate the batched arithmetic "
+          f"alone takes {floor:.3f} s, so no batched Jacobian beats {fastest} by more than "
+          f"~{statistics.median(times[fastest]) / floor:.1f}x on this machine")
 
 
 if __name__ == "__main__":
