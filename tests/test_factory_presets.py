@@ -97,6 +97,27 @@ def test_dicts_and_overrides() -> None:
     assert build_attack(inst) is inst
 
 
+def test_temperatures_with_arguments() -> None:
+    from bnnrobust.attacks.temperature import NJS, FixedTemperature, Prop1Temperature
+
+    # Table 11: NJS with other rho values, distinct names without labels
+    names = set()
+    for rho in (1e-5, 0.01, 0.2):
+        atk = build_attack({"name": "pgd", "temperature": {"name": "njs", "rho": rho}}, "fmnist")
+        assert isinstance(atk.temperature, NJS) and atk.temperature.rho == rho
+        names.add(atk.name)
+    assert names == {"pgd++njs_rho1e-05", "pgd++njs", "pgd++njs_rho0.2"}
+    # the suffix and a dict of the same rule: the dict's arguments win
+    atk = build_attack({"name": "pgd++njs", "temperature": {"name": "njs", "rho": 0.2}})
+    assert atk.temperature.rho == 0.2 and atk.name == "pgd++njs_rho0.2"
+    # Table 13: Proposition 1's beta, by name or with rho; for APGD and FGSM too
+    assert isinstance(build_attack("pgd++prop1").temperature, Prop1Temperature)
+    apgd = build_attack({"name": "apgd-ce", "temperature": {"name": "prop1", "rho": 0.1}})
+    assert apgd.name == "apgd-ce++prop1_rho0.1" and apgd.temperature.rho == 0.1
+    fgsm = build_attack({"name": "fgsm", "temperature": {"name": "fixed", "beta": 5}})
+    assert isinstance(fgsm.temperature, FixedTemperature) and fgsm.name == "fgsm++beta5"
+
+
 @pytest.mark.parametrize(
     "spec,match",
     [
@@ -107,6 +128,9 @@ def test_dicts_and_overrides() -> None:
         ({"name": "pgd", "stpes": 3}, "Unknown argument 'stpes'.*'steps'.*Accepted: eps"),
         ({"name": "pgd_l2", "norm": "linf"}, "fixes norm='l2'"),
         ({"name": "pgd++hns", "temperature": "njs"}, "fixes temperature='hns'"),
+        ({"name": "pgd++hns", "temperature": {"name": "njs", "rho": 0.1}}, "fixes temperature"),
+        ({"name": "pgd", "temperature": {"name": "njs", "roh": 0.1}}, "'roh'.*accepted: n_jsv"),
+        ("square++prop1", "Unknown attack"),
         ({"eps": 0.1}, "needs a 'name' key"),
         ({"name": "cascade", "attacks": []}, "non-empty list"),
         ({"name": "cascade", "attacks": ["pgd"], "foo": 1}, "Unknown argument 'foo'"),

@@ -13,6 +13,7 @@ from bnnrobust.attacks.temperature import (
     HNS,
     NJS,
     FixedTemperature,
+    TemperatureState,
     hessian_norm,
     hns_beta_from_gram,
     hns_grid,
@@ -280,3 +281,57 @@ def test_fixed_temperature_scales() -> None:
     scaled, beta = t.scale(z, torch.zeros(3, dtype=torch.long), state)
     torch.testing.assert_close(scaled, 2 * z)
     torch.testing.assert_close(beta, torch.full((3,), 2.0))
+
+
+@pytest.mark.parametrize("rho", [1e-15, 0.01, 0.3, 0.5])
+def test_prop1_temperature_bounds_the_top_probability(rho: float) -> None:
+    from bnnrobust.attacks.temperature import Prop1Temperature
+
+    torch.manual_seed(0)
+    d = 7
+    logits = torch.randn(64, d, dtype=torch.float64) * 30.0
+    logits[0] = 0.0  # gamma = 0: beta = 1
+    y = logits.argmax(dim=1)
+    y[-5:] = (y[-5:] + 1) % d  # misclassified samples keep beta = 1
+    t = Prop1Temperature(rho)
+    state = t.start(nn.Identity(), torch.zeros(64, 3), y)
+    scaled, beta = t.scale(logits, y, state)
+    gamma = logits.max(dim=1).values - logits.min(dim=1).values
+    expected = torch.where(gamma > 0, njs_bound(d, rho) / gamma, torch.ones_like(gamma))
+    expected[-5:] = 1.0
+    torch.testing.assert_close(beta.double(), expected, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(scaled, logits * beta.double()[:, None])
+    assert torch.equal(scaled.argmax(dim=1), logits.argmax(dim=1))  # decisions unchanged
+    # Proposition 1: with beta = bound / (max - min), the top probability is at most 1 - rho
+    p_top = torch.softmax(scaled[1:-5], dim=1).max(dim=1).values
+    assert bool((p_top <= 1.0 - rho + 1e-6).all())
+    # and the bound is reached when all non-top logits sit at the minimum
+    two_level = torch.tensor([[5.0] + [1.0] * (d - 1)], dtype=torch.float64)
+    s2, _ = t.scale(two_level, torch.tensor([0]), t.start(nn.Identity(), torch.zeros(1, 3),
+                                                          torch.tensor([0])))
+    assert torch.softmax(s2, dim=1)[0, 0].item() == pytest.approx(1.0 - rho, rel=1e-6)
+    assert t.name == ("prop1" if rho == 0.01 else f"prop1_rho{rho:g}")
+
+
+def test_temperature_dict_specs() -> None:
+    from bnnrobust.attacks.temperature import Prop1Temperature
+
+    njs = make_temperature({"name": "njs", "rho": "1e-5", "n_jsv": 20})  # YAML 1.1 string
+    assert isinstance(njs, NJS) and njs.rho == 1e-5 and njs.n_jsv == 20
+    assert njs.name == "njs_rho1e-05" and NJS().name == "njs"
+    hns = make_temperature({"name": "HNS", "n_grid": 50})
+    assert isinstance(hns, HNS) and hns.n_grid == 50
+    fixed = make_temperature({"name": "fixed", "beta": 2.5})
+    assert isinstance(fixed, FixedTemperature) and fixed.beta == 2.5
+    prop1 = make_temperature({"name": "prop1", "rho": 0.2})
+    assert isinstance(prop1, Prop1Temperature) and prop1.rho == 0.2
+    assert isinstance(make_temperature("prop1"), Prop1Temperature)
+    with pytest.raises(ValueError, match=r"'roh'.*accepted: n_jsv, rho, chunk_size"):
+        make_temperature({"name": "njs", "roh": 0.1})
+    with pytest.raises(ValueError, match="needs 'name' in njs, hns, prop1, fixed"):
+        make_temperature({"rho": 0.1})
+    with pytest.raises(ValueError, match="rho must be a number in"):
+        make_temperature({"name": "prop1", "rho": 1.5})
+    with pytest.raises(ValueError, match=r"rho must satisfy 0 < rho < \(d-1\)/d"):  # d = 2
+        Prop1Temperature(0.7).scale(torch.zeros(1, 2), torch.tensor([0]), TemperatureState(
+            torch.ones(1)))

@@ -14,7 +14,13 @@ Names (:func:`list_attacks`)::
 
 A ``_l2`` suffix selects the L2 threat model for any attack that has a ``norm``
 (``"apgd-ce_l2"``, ``"square_l2"``, ``"fgsm_l2++hns"``); the names the attacks themselves
-report (``atk.name``, e.g. ``"pgd-dlr"``) are accepted too.
+report (``atk.name``, e.g. ``"pgd-dlr"``) are accepted too. ``"++prop1"`` (Proposition 1's β
+per sample and step, paper Table 13) works like ``"++njs"``.
+
+Temperatures with arguments: ``{"name": "pgd", "temperature": {"name": "njs", "rho": 1e-5}}``
+(NJS with another ρ, Table 11), ``{"name": "pgd", "temperature": {"name": "prop1", "rho":
+0.1}}``, ``{"name": "fgsm", "temperature": {"name": "fixed", "beta": 5.0}}``; a
+``"pgd++njs"`` name with a ``{"name": "njs", ...}`` temperature dict is accepted too.
 
 Specs: a name; a dict ``{"name": "pgd", "eps": 0.1, "steps": 10, "restarts": 20,
 "surrogate": "tanh:5", ...}`` whose other keys are the attack class's arguments; a dict
@@ -67,9 +73,9 @@ _BASES: dict[str, tuple[Any, dict[str, Any]]] = {
     "strongest": (strongest_cascade, {}),
 }
 _ALIASES = {"pgd-dlr": "pgd_dlr", "apgd": "apgd-ce", "apgd-ce-t": "apgd-t", "fab-t": "ta-fab-t"}
-#: bases that take a temperature (a "++njs"/"++hns" suffix)
+#: bases that take a temperature (a "++njs"/"++hns"/"++prop1" suffix)
 _TEMPERED = ("fgsm", "pgd", "pgd_l2", "pgd_dlr", "apgd-ce")
-_TEMPERATURES = ("njs", "hns")
+_TEMPERATURES = ("njs", "hns", "prop1")
 
 _LISTED: list[str] = [
     "fgsm", "fgsm++njs", "fgsm++hns",
@@ -93,8 +99,9 @@ def _unknown_name(name: object) -> ValueError:
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return ValueError(
         f"Unknown attack {name!r}.{hint} Known names: {', '.join(_LISTED)}; a '_l2' suffix "
-        "selects the L2 threat model (e.g. 'apgd-ce_l2'), a '++njs'/'++hns' suffix the "
-        f"temperature of {', '.join(_TEMPERED)}; dicts {{'name': ..., <arguments>}} and "
+        "selects the L2 threat model (e.g. 'apgd-ce_l2'), a '++njs'/'++hns'/'++prop1' suffix "
+        f"the temperature of {', '.join(_TEMPERED)}; dicts {{'name': ..., <arguments>}} (with "
+        "e.g. 'temperature': {'name': 'njs', 'rho': 1e-5}) and "
         "{'name': 'cascade', 'attacks': [...]} are accepted too."
     )
 
@@ -201,6 +208,10 @@ def build_attack(
             raise ValueError(f"Unknown argument {key!r} for attack {name!r}.{hint} Accepted: "
                              f"{', '.join(accepted)}.")
     for key, value in fixed.items():
+        given = kwargs.get(key)
+        if key == "temperature" and isinstance(given, Mapping) \
+                and str(given.get("name", "")).strip().lower() == value:
+            continue  # "pgd++njs" with {"name": "njs", "rho": ...}: the dict's arguments win
         if key in kwargs and str(kwargs[key]).lower() != str(value).lower():
             raise ValueError(f"Attack {name!r} fixes {key}={value!r} by its name, got "
                              f"{key}={kwargs[key]!r}; drop the argument or change the name.")

@@ -16,6 +16,8 @@ Rules (one class each, all reusable by any gradient attack through the same two 
   if ``p_y > 1 − ρ`` then ``z ← β2 z`` with ``β2 = −log(ρ / ((d−1)(1−ρ))) / γ`` (a constant,
   no gradient), else ``β2 = 1``. By Proposition 1 this bound is the largest temperature that
   keeps ``1 − p_y`` near ρ. ``γ = 0`` (all logits equal) gives ``β2 = 1``.
+* :class:`Prop1Temperature` — Proposition 1's bound alone, per sample and step:
+  ``β = −log(ρ / ((d−1)(1−ρ))) / γ`` (paper Table 13).
 * :class:`HNS` (Hessian Norm Scaling) — per sample, once at the random-start point:
   ``γ = z_top1 − z_top2`` of the unscaled logits, ``β(ε) = −log(ε / ((1−ε)(d−1))) / γ``, a grid
   of ``n_grid`` β linearly spaced from ``β(1 − 1/d − 0.01)`` to ``β(eps_min = 1e−72)``, each
@@ -33,11 +35,14 @@ Protocol used by the attacks::
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +57,9 @@ from bnnrobust.attacks.jacobian import (
 __all__ = [
     "HNS",
     "NJS",
+    "TEMPERATURE_NAMES",
     "FixedTemperature",
+    "Prop1Temperature",
     "Temperature",
     "TemperatureState",
     "hessian_norm",
@@ -220,6 +227,8 @@ class NJS(Temperature):
         if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0.0 < rho < 0.5:
             raise ValueError(f"NJS rho must be a number in (0, 0.5), got {rho!r}.")
         self.rho = float(rho)
+        #: ``"njs"``; ``"njs_rho<ρ>"`` for a non-default ρ, so attack names stay distinct
+        self.name = "njs" if self.rho == 0.01 else f"njs_rho{self.rho:g}"
         self.chunk_size = _check_n("chunk_size", chunk_size)
         self.beta1: float | None = None
         self._auto_model: weakref.ref[nn.Module] | None = None
@@ -267,7 +276,7 @@ class NJS(Temperature):
         return z * beta2.to(z.dtype)[:, None], (beta1 * beta2.to(beta1.dtype)).detach()
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "n_jsv": self.n_jsv, "rho": self.rho, "beta1": self.beta1}
+        return {"name": "njs", "n_jsv": self.n_jsv, "rho": self.rho, "beta1": self.beta1}
 
 
 def _param_versions(model: nn.Module) -> tuple[int, ...]:
@@ -437,19 +446,69 @@ class HNS(Temperature):
 
 # ----------------------------------------------------------------------------- factory
 
-_NAMED = {"njs": NJS, "hns": HNS}
+# ----------------------------------------------------------------------------- Prop. 1
 
 
-def make_temperature(spec: None | float | int | str | Temperature) -> Temperature | None:
+class Prop1Temperature(Temperature):
+    """β from Proposition 1 alone (paper Table 13): per sample and step, no Jacobian factor.
+
+    For a sample the current logits classify correctly, ``β = −log(ρ / ((d−1)(1−ρ))) / γ`` with
+    ``γ = max(f) − min(f)`` of the unscaled logits: the temperature at which the top softmax
+    probability is at most ``1 − ρ`` (reached when all other logits sit at the minimum).
+    Unlike NJS's β2 it is applied at every step whatever ``p_y``. Misclassified samples,
+    ``γ = 0`` and non-finite logits get β = 1.
+
+    Args:
+        rho: the bound on ``1 − p_y``, ``0 < ρ < (d−1)/d`` (the paper sweeps 1e-15 … 0.5).
+    """
+
+    def __init__(self, rho: float = 0.01) -> None:
+        if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0.0 < rho < 1.0:
+            raise ValueError(
+                f"Prop1Temperature rho must be a number in (0, (d-1)/d), got {rho!r}."
+            )
+        self.rho = float(rho)
+        self.name = "prop1" if self.rho == 0.01 else f"prop1_rho{self.rho:g}"
+
+    def start(self, model: nn.Module, x: Tensor, y: Tensor) -> TemperatureState:
+        return TemperatureState(torch.ones(x.shape[0], device=x.device))
+
+    def scale(self, logits: Tensor, y: Tensor, state: TemperatureState) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            zf = logits.detach().float()
+            bound = njs_bound(zf.shape[1], self.rho)  # checks rho < (d-1)/d
+            lo, hi = torch.aminmax(zf, dim=1)
+            beta = bound / (hi - lo)
+            correct = zf.argmax(dim=1) == y.to(zf.device).long()
+            beta = torch.where(correct & torch.isfinite(beta) & (beta > 0), beta, 1.0)
+        return logits * beta.to(logits.dtype)[:, None], beta.detach()
+
+    def describe(self) -> dict[str, object]:
+        return {"name": "prop1", "rho": self.rho}
+
+
+_NAMED: dict[str, type[Temperature]] = {"njs": NJS, "hns": HNS, "prop1": Prop1Temperature}
+#: the dict form: {"name": <key>, <arguments>}; "fixed" takes "beta"
+TEMPERATURE_NAMES: tuple[str, ...] = ("njs", "hns", "prop1", "fixed")
+
+
+def make_temperature(
+    spec: None | float | int | str | Mapping[str, Any] | Temperature,
+) -> Temperature | None:
     """Build a temperature rule from a spec.
 
     Accepted: ``None`` or ``"none"`` (no scaling), a number ``> 0`` or a numeric string
-    (``2.5``, ``"2.5"``: :class:`FixedTemperature`), ``"njs"``, ``"hns"`` (defaults), or a
-    :class:`Temperature` instance (returned as is).
+    (``2.5``, ``"2.5"``: :class:`FixedTemperature`), ``"njs"``, ``"hns"``, ``"prop1"``
+    (defaults), a dict ``{"name": "njs", "rho": 1e-5}`` / ``{"name": "hns", "n_grid": 50}`` /
+    ``{"name": "prop1", "rho": 0.1}`` / ``{"name": "fixed", "beta": 2.0}`` (what YAML configs
+    use), or a :class:`Temperature` instance (returned as is).
     """
-    accepted = "None, a number > 0 (fixed beta), 'njs', 'hns', or a Temperature instance"
+    accepted = ("None, a number > 0 (fixed beta), 'njs', 'hns', 'prop1', a dict such as "
+                "{'name': 'njs', 'rho': 1e-5}, or a Temperature instance")
     if spec is None or isinstance(spec, Temperature):
         return spec
+    if isinstance(spec, Mapping):
+        return _temperature_from_dict(spec)
     if isinstance(spec, bool):
         raise ValueError(f"Unknown temperature {spec!r}; accepted: {accepted}.")
     if isinstance(spec, int | float):
@@ -469,3 +528,32 @@ def make_temperature(spec: None | float | int | str | Temperature) -> Temperatur
         else:
             return make_temperature(value)
     raise ValueError(f"Unknown temperature {spec!r}; accepted: {accepted}.")
+
+
+def _temperature_from_dict(spec: Mapping[str, Any]) -> Temperature:
+    name = str(spec.get("name", "")).strip().lower()
+    if name not in TEMPERATURE_NAMES:
+        raise ValueError(
+            f"A temperature dict needs 'name' in {', '.join(TEMPERATURE_NAMES)}, got {dict(spec)!r}; "
+            "e.g. {'name': 'njs', 'rho': 1e-5}."
+        )
+    cls: type[Temperature] = FixedTemperature if name == "fixed" else _NAMED[name]
+    kwargs = {k: _number_or_str(v) for k, v in spec.items() if k != "name"}
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for key in kwargs:
+        if key not in accepted:
+            raise ValueError(
+                f"Unknown argument {key!r} for temperature {name!r}; accepted: "
+                f"{', '.join(accepted)}."
+            )
+    return cls(**kwargs)
+
+
+def _number_or_str(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-5`` as a string: turn numeric strings into floats."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
