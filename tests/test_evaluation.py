@@ -346,3 +346,40 @@ def test_eps_sweep_refuses_an_attack_without_an_eps_budget() -> None:
     x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
     with pytest.raises(ValueError, match="no eps budget"):
         eps_sweep(model, x, y, ["pgd", "deepfool"], [0.0, 0.1])
+
+
+def test_cli_transfer_attack_from_a_checkpoint(run: tuple[str, str], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """Fig. 1c in one config: a transfer source given as a checkpoint path."""
+    ckpt, _ = run
+    pgd = "{name: pgd, steps: 4, random_start: false}"
+    out = tmp_path / "r.json"
+    body = eval_main(["--ckpt", ckpt, "--n", "24", "--batch-size", "8", "--progress", "false",
+                      "--output", str(out), "--attacks", pgd,
+                      f"{{name: transfer, source: {ckpt}, attack: {pgd}}}"])
+    attacks = body["attacks"]
+    assert list(attacks) == ["pgd", "transfer(pgd)"]
+    # crafted on the same network without randomness: exactly the white-box result
+    assert attacks["transfer(pgd)"]["adv_acc"] == attacks["pgd"]["adv_acc"]
+    assert attacks["transfer(pgd)"]["config"]["attack"]["steps"] == 4
+    # resolve_attacks loads each source path once, through the given loader
+    loaded: list[str] = []
+
+    def loader(path: str) -> torch.nn.Module:
+        loaded.append(path)
+        return TinyNet()
+
+    built = resolve_attacks([{"name": "transfer", "source": "a.ckpt"},
+                             {"name": "transfer", "source": "a.ckpt", "attack": "fgsm",
+                              "label": "transfer_fgsm"}], "synthetic", load_source=loader)
+    assert list(built) == ["transfer(pgd)", "transfer_fgsm"] and loaded == ["a.ckpt"]
+    # a source that cannot be loaded: a clear error before any attack runs
+    with pytest.raises(SystemExit) as err:
+        eval_main(["--ckpt", ckpt, "--n", "4", "--output", str(tmp_path / "bad.json"),
+                   "--attacks", f"{{name: transfer, source: {tmp_path / 'none.ckpt'}}}"])
+    assert err.value.code == 2
+    assert "transfer source" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs 'source'"):
+        build_attack({"name": "transfer", "attack": "pgd"})
+    with pytest.raises(ValueError, match="Unknown argument 'eps' for attack 'transfer'"):
+        build_attack({"name": "transfer", "source": TinyNet(), "eps": 0.1})

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from torch import nn
 
 from bnnrobust.attacks.factory import list_attacks
 from bnnrobust.evaluation.cli import build_parser, normalize_argv, resolve_attacks
@@ -61,10 +62,17 @@ def test_eval_config_parses_and_names_known_attacks(path: Path) -> None:
     cfg = build_parser().parse_args(normalize_argv(["--config", str(path)]))
     assert cfg.dataset in ("cifar10", "cifar100"), "paper configs are CIFAR experiments"
     assert isinstance(cfg.attacks, list) and cfg.attacks
-    known = set(list_attacks())
+    known = {*list_attacks(), "transfer"}
     for spec in cfg.attacks:
         assert _base_name(spec) in known, f"{path.name}: unknown attack {spec!r}"
-    built = resolve_attacks(cfg.attacks, cfg.dataset)  # every argument accepted, no duplicate
+        if _base_name(spec) == "transfer":  # the source is a training run's checkpoint
+            assert re.fullmatch(r"logs/\w+/checkpoints/last\.ckpt", spec["source"]), spec
+
+    def tiny_source(ckpt: str) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(10))
+
+    # every argument accepted, no duplicate name
+    built = resolve_attacks(cfg.attacks, cfg.dataset, load_source=tiny_source)
     assert len(built) == len(cfg.attacks)
     for sweep_spec in cfg.sweep_attacks or []:
         assert _base_name(sweep_spec) in known

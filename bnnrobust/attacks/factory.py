@@ -24,7 +24,10 @@ Temperatures with arguments: ``{"name": "pgd", "temperature": {"name": "njs", "r
 
 Specs: a name; a dict ``{"name": "pgd", "eps": 0.1, "steps": 10, "restarts": 20,
 "surrogate": "tanh:5", ...}`` whose other keys are the attack class's arguments; a dict
-``{"name": "cascade", "attacks": [spec, ...]}``; or an :class:`Attack` (returned as is).
+``{"name": "cascade", "attacks": [spec, ...]}``; a dict ``{"name": "transfer", "source":
+<nn.Module>, "attack": spec}`` (examples crafted on ``source``, e.g. the float reference;
+``evaluate.py`` configs give a checkpoint path as ``source``); or an :class:`Attack`
+(returned as is).
 Keyword ``overrides`` are merged over the dict.
 
 Defaults: eps, step size and steps come from the dataset's preset
@@ -41,6 +44,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from torch import nn
+
 from bnnrobust.attacks.apgd import APGD
 from bnnrobust.attacks.base import Attack, Norm
 from bnnrobust.attacks.cascade import Cascade
@@ -53,6 +58,7 @@ from bnnrobust.attacks.peers import (
 )
 from bnnrobust.attacks.pgd import FGSM, PGD
 from bnnrobust.attacks.presets import get_preset, strongest_cascade
+from bnnrobust.attacks.transfer import TransferAttack
 
 __all__ = ["build_attack", "list_attacks"]
 
@@ -197,6 +203,8 @@ def build_attack(
 
     if isinstance(name, str) and name.strip().lower() == "cascade":
         return _build_cascade(kwargs, dataset)
+    if isinstance(name, str) and name.strip().lower() == "transfer":
+        return _build_transfer(kwargs, dataset)
 
     base, builder, fixed = _parse_name(name)
     params = _parameters(builder)
@@ -232,3 +240,19 @@ def _build_cascade(kwargs: dict[str, Any], dataset: str | None) -> Cascade:
                          f"{specs!r}.")
     return Cascade([build_attack(s, dataset) for s in specs],
                    name=str(kwargs.get("title", "cascade")))
+
+
+def _build_transfer(kwargs: dict[str, Any], dataset: str | None) -> TransferAttack:
+    accepted = ("source", "attack")
+    for key in kwargs:
+        if key not in accepted:
+            raise ValueError(f"Unknown argument {key!r} for attack 'transfer'. Accepted: "
+                             f"{', '.join(accepted)}.")
+    source = kwargs.get("source")
+    if not isinstance(source, nn.Module):
+        raise ValueError(
+            f"A transfer attack needs 'source', the model to craft the examples on (an "
+            f"nn.Module), got {source!r}. evaluate.py configs take a checkpoint path there: "
+            "{name: transfer, source: logs/resnet18_ref/checkpoints/last.ckpt, attack: pgd}."
+        )
+    return TransferAttack(source, build_attack(kwargs.get("attack", "pgd"), dataset))

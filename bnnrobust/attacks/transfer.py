@@ -27,7 +27,8 @@ class TransferAttack(Attack):
     The target model passed at call time is only put in eval mode (and restored) by the
     base class; it is never queried. The source model runs under ``attack``'s own
     guarantees (eval mode during the attack, each submodule's ``training`` flag and the
-    parameters' ``.grad`` restored). It must live on the input's device.
+    parameters' ``.grad`` restored). It is moved to the input's device on first use (e.g. a
+    source loaded on the CPU by ``evaluate.py`` while the evaluation runs on a GPU).
 
     Args:
         source_model: the model the examples are crafted on (e.g. the float reference).
@@ -58,5 +59,8 @@ class TransferAttack(Attack):
     def _perturb(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None
     ) -> AttackOutput:
+        first = next(iter(self.source_model.parameters()), None)
+        if first is not None and first.device != x.device:
+            self.source_model.to(x.device)
         out = self.attack.perturb(self.source_model, x, y)
         return AttackOutput(out.x_adv, dict(out.info))

@@ -23,6 +23,10 @@ Every YAML key is also a flag of the same name (jsonargparse; flags win over the
     diagnose: false           # gradient-masking checklist (docs/diagnosis.md) -> <output>_diagnosis.json
     diagnose_n: 200           # its seeded subset; diagnose_eps: null (largest L∞ eps of the attacks)
 
+A transfer (black-box) attack names a checkpoint as its source:
+``{name: transfer, source: logs/fmnist_ref/checkpoints/last.ckpt, attack: pgd}`` crafts the
+examples on that network and scores them on ``--ckpt``'s (paper Fig. 1c).
+
 Lists can be given as ``--attacks pgd pgd++njs`` or ``--attacks '[pgd, {name: pgd, eps: 0.05}]'``;
 ``--preset quick`` is shorthand for ``--attacks quick``. Under ``torchrun`` (``WORLD_SIZE``
 > 1) the process group is initialized and the samples are sharded over the processes; the
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,8 +138,19 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def resolve_attacks(spec: Any, dataset: str | None, seed: int | None = None) -> dict[str, Any]:
-    """``"paper"``/``"strongest"``/``"quick"`` or a list of names/dicts → ``{name: Attack}``."""
+def resolve_attacks(
+    spec: Any,
+    dataset: str | None,
+    seed: int | None = None,
+    *,
+    load_source: Callable[[str], torch.nn.Module] | None = None,
+) -> dict[str, Any]:
+    """``"paper"``/``"strongest"``/``"quick"`` or a list of names/dicts → ``{name: Attack}``.
+
+    A ``{name: transfer, source: PATH, attack: spec}`` item gets the model of the checkpoint
+    ``PATH`` as its source (``load_source(PATH)``; default: :func:`load_system` on the CPU,
+    each path loaded once).
+    """
     from bnnrobust.attacks.factory import build_attack, list_attacks
     from bnnrobust.attacks.presets import preset_attacks
 
@@ -148,15 +164,22 @@ def resolve_attacks(spec: Any, dataset: str | None, seed: int | None = None) -> 
             return preset_attacks(dataset, spec.strip().lower())
         spec = [spec]
     attacks: dict[str, Any] = {}
+    sources: dict[str, torch.nn.Module] = {}
     for item in spec:
         if isinstance(item, str) and item.strip().lower() in PRESET_NAMES:
-            for name, atk in resolve_attacks(item, dataset, seed).items():
+            for name, atk in resolve_attacks(item, dataset, seed, load_source=load_source).items():
                 attacks.setdefault(name, atk)
             continue
         label = None
         if isinstance(item, dict):
             item = dict(item)
             label = item.pop("label", None)
+            if str(item.get("name", "")).strip().lower() == "transfer" \
+                    and isinstance(item.get("source"), str | Path):
+                path = str(item["source"])
+                if path not in sources:
+                    sources[path] = (load_source or _load_source_model)(path)
+                item["source"] = sources[path]
         try:
             atk = build_attack(item, dataset=dataset)
         except (ValueError, TypeError) as err:
@@ -169,6 +192,18 @@ def resolve_attacks(spec: Any, dataset: str | None, seed: int | None = None) -> 
                             "'label' keys, e.g. {name: pgd, eps: 0.05, label: pgd_eps0.05}.")
         attacks[name] = atk
     return attacks
+
+
+def _load_source_model(path: str) -> torch.nn.Module:
+    """The network of a training checkpoint, in eval mode on the CPU (a transfer source)."""
+    from bnnrobust.evaluation.checkpoint import CheckpointError, load_system
+
+    try:
+        system, _ = load_system(path)
+    except CheckpointError as err:
+        raise EvalError(f"The transfer source {path!r} cannot be loaded: {err}") from None
+    net = getattr(system, "model", None)
+    return (net if isinstance(net, torch.nn.Module) else system).eval()
 
 
 def _init_distributed() -> tuple[int, int]:
