@@ -3,7 +3,7 @@
 Every YAML key is also a flag of the same name (jsonargparse; flags win over the YAML;
 ``--signal-propagation`` and ``--signal_propagation`` are the same flag)::
 
-    ckpt: logs/fmnist_bc/checkpoints/last.ckpt   # or --ckpt
+    ckpt: logs/convnet_bc/checkpoints/last.ckpt   # or --ckpt
     train_config: null        # training YAML, when the checkpoint lacks the network's config
     attacks: paper            # a preset (paper | strongest | quick) or a list of names/dicts
     n: 1000                   # first n samples of the split (null = all)
@@ -24,7 +24,7 @@ Every YAML key is also a flag of the same name (jsonargparse; flags win over the
     diagnose_n: 200           # its seeded subset; diagnose_eps: null (largest L∞ eps of the attacks)
 
 A transfer (black-box) attack names a checkpoint as its source:
-``{name: transfer, source: logs/fmnist_ref/checkpoints/last.ckpt, attack: pgd}`` crafts the
+``{name: transfer, source: logs/convnet_ref/checkpoints/last.ckpt, attack: pgd}`` crafts the
 examples on that network and scores them on ``--ckpt``'s (paper Fig. 1c).
 
 Lists can be given as ``--attacks pgd pgd++njs`` or ``--attacks '[pgd, {name: pgd, eps: 0.05}]'``;
