@@ -45,9 +45,12 @@ def conclusion(results: dict[str, dict[str, float]]) -> str:
             lines.append(f"{name}: PGD++ lowers adversarial accuracy by {gap:.1f} points below "
                          "PGD: part of PGD's robustness was gradient masking.")
         else:
-            lines.append(f"{name}: PGD++ and PGD agree within {max(gap, 0):.1f} points: no "
-                         "gradient masking visible at this eps and training length (longer "
-                         "training saturates the softmax; see docs/results.md).")
+            verdict = ("is not stronger than PGD" if gap <= 0 else
+                       f"is within {gap:.1f} points of PGD")
+            lines.append(f"{name}: PGD++ {verdict} (PGD {100 * pgd:.1f} %, best PGD++ "
+                         f"{100 * min(plus):.1f} %): no gradient masking visible at this eps and "
+                         "training length (longer training saturates the softmax; see "
+                         "docs/results.md).")
     return "\n".join(lines)
 
 

@@ -17,6 +17,9 @@ def test_conclusion_is_computed_from_the_numbers() -> None:
     honest = {"REF": {"test/pgd_acc": 0.034, "test/pgd++njs_acc": 0.04, "test/pgd++hns_acc": 0.034}}
     assert "lowers adversarial accuracy by 20.0 points" in conclusion(masked)
     assert "no gradient masking visible" in conclusion(honest)
+    assert "PGD++ is not stronger than PGD (PGD 3.4 %, best PGD++ 3.4 %)" in conclusion(honest)
+    close = {"REF": {"test/pgd_acc": 0.038, "test/pgd++njs_acc": 0.032}}
+    assert "PGD++ is within 0.6 points of PGD (PGD 3.8 %, best PGD++ 3.2 %)" in conclusion(close)
     assert conclusion({"X": {"test/clean_acc": 0.5}}) == ""
 
 
