@@ -49,8 +49,8 @@ class BNNRobustCLI(LightningCLI):
             "log_every_n_steps": 20,
         }
         trainer_defaults.update(kwargs.pop("trainer_defaults", None) or {})
-        super().__init__(ImageClassifier, ImageDataModule, *args,
-                         trainer_defaults=trainer_defaults, **kwargs)
+        kwargs["trainer_defaults"] = trainer_defaults
+        super().__init__(ImageClassifier, ImageDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

@@ -42,10 +42,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import yaml
+
+if TYPE_CHECKING:
+    from bnnrobust.data.base import ImageDataModule
 
 __all__ = [
     "ATTACK_ROWS",
@@ -277,7 +280,7 @@ class Context:
             from bnnrobust.evaluation.checkpoint import load_system
 
             system, _ = load_system(self.last_ckpt(key))
-            self._models[key] = system.model.eval()
+            self._models[key] = cast(torch.nn.Module, system.model).eval()
         return self._models[key]
 
     def forget(self, key: str) -> None:
@@ -293,7 +296,7 @@ class Context:
             raise ReproError(f"The checkpoint {self.last_ckpt(key)} stores no data module.")
         dm.prepare_data()
         dm.setup("test")
-        src = _Samples(dm.test_set, n)
+        src = _Samples(cast("ImageDataModule", dm).test_set, n)
         total = min(n, len(src))
         if total < n:
             _log(f"  note: the test set has only {total} images (asked for {n}).")
@@ -690,7 +693,7 @@ def _drop_finding(evals: Mapping[str, Any], model: str, base: str, pluses: Seque
     b = _acc(evals, model, base)
     vals = [v for v in (_acc(evals, model, p) for p in pluses) if v is not None]
     pb = PAPER.get(model, {})
-    pvals = [pb.get(p) for p in pluses if pb.get(p) is not None]
+    pvals = [v for v in (pb.get(p) for p in pluses) if v is not None]
     paper = (f"{_pp(pb.get(base))} → {_pp(min(pvals))}" if pb.get(base) is not None and pvals
              else "n/a")
     if b is None or not vals:
@@ -809,9 +812,9 @@ def findings(evals: Mapping[str, Any], signal: Mapping[str, Any] | None,
                            "agrees" if ok else "differs"))
     # HNS vs NJS: paper says HNS wins more often, notably for FGSM
     wins = total = 0
-    for m in MODELS:
+    for spec in MODELS:
         for base in ("fgsm", "pgd", "pgd_l2"):
-            n_, h_ = _acc(evals, m.key, base + "++njs"), _acc(evals, m.key, base + "++hns")
+            n_, h_ = _acc(evals, spec.key, base + "++njs"), _acc(evals, spec.key, base + "++hns")
             if n_ is not None and h_ is not None and abs(n_ - h_) > 1e-9:
                 total += 1
                 wins += h_ < n_

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
 from bnnrobust.binarize import Binarizer, binary_modules
+from bnnrobust.binarize.layers import BinaryLayer
 
 __all__ = ["BinarizerSchedule"]
 
@@ -43,7 +44,7 @@ class BinarizerSchedule(pl.Callback):
                 f"log_every_n_steps must be an integer >= 1, got {log_every_n_steps!r}."
             )
         self.log_every_n_steps = log_every_n_steps
-        self._groups: list[tuple[Binarizer, list[nn.Module]]] = []
+        self._groups: list[tuple[Binarizer, list[BinaryLayer]]] = []
         self._last_step = -1
         self._signs: list[Tensor] = []
 
@@ -53,12 +54,12 @@ class BinarizerSchedule(pl.Callback):
         return model if isinstance(model, nn.Module) else pl_module
 
     def _collect(self, pl_module: pl.LightningModule) -> None:
-        groups: dict[int, tuple[Binarizer, list[nn.Module]]] = {}
+        groups: dict[int, tuple[Binarizer, list[BinaryLayer]]] = {}
         for layer in binary_modules(self._network(pl_module)):
             groups.setdefault(id(layer.binarizer), (layer.binarizer, []))[1].append(layer)
         self._groups = list(groups.values())
 
-    def _layers(self) -> list[nn.Module]:
+    def _layers(self) -> list[BinaryLayer]:
         return [layer for _, layers in self._groups for layer in layers]
 
     @torch.no_grad()
@@ -87,7 +88,9 @@ class BinarizerSchedule(pl.Callback):
         for binarizer, layers in self._groups:
             binarizer.on_optimizer_step(layers, step)
         if step % self.log_every_n_steps == 0:
-            scales = [float(b.tanh_scale) for b, _ in self._groups if hasattr(b, "tanh_scale")]
+            scales = [
+                float(cast(Tensor, b.tanh_scale)) for b, _ in self._groups if hasattr(b, "tanh_scale")
+            ]
             if scales:
                 pl_module.log("train/tanh_scale", max(scales), on_step=True, on_epoch=False)
 

@@ -200,8 +200,9 @@ class RobustnessMonitor(Callback):
         loaders = trainer.val_dataloaders
         if isinstance(loaders, list | tuple):
             loaders = loaders[0] if loaders else None
-        if loaders is None and getattr(trainer, "datamodule", None) is not None:
-            loaders = trainer.datamodule.val_dataloader()
+        datamodule = getattr(trainer, "datamodule", None)  # set by fit/validate, not declared
+        if loaders is None and datamodule is not None:
+            loaders = datamodule.val_dataloader()
         if loaders is None:
             raise RuntimeError("RobustnessMonitor needs a validation dataloader.")
         dataset = loaders.dataset
@@ -331,10 +332,10 @@ class RobustnessMonitor(Callback):
                 t = tick(f"attack/{self.attack_tags[i]}", t)
         self.last_timings = timings
         sums = sums.reduce(reduce)
-        counts = reduce(counts, "sum").cpu().tolist()
+        totals: list[float] = reduce(counts, "sum").cpu().tolist()
         stats = sums.finalize()
-        n = max(counts[-1], 1.0)
-        accs = [c / n for c in counts[:-1]]  # attacks..., clean
+        n = max(totals[-1], 1.0)
+        accs = [c / n for c in totals[:-1]]  # attacks..., clean
         return stats, accs, beta1, cache["first"]
 
     # -- rank-zero side effects -------------------------------------------------------------

@@ -72,6 +72,7 @@ def eval_batchnorm_as_affine(model: nn.Module) -> Iterator[int]:
         for m in model.modules():
             if (
                 type(m) in _PLAIN_BATCHNORMS
+                and isinstance(m, nn.modules.batchnorm._BatchNorm)  # narrows; always true here
                 and not m.training
                 and m.track_running_stats
                 and m.running_mean is not None

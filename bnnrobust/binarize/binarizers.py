@@ -22,7 +22,7 @@ import importlib
 import inspect
 import math
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -78,9 +78,9 @@ class Binarizer(nn.Module):
     def clip_(self, model_or_modules: nn.Module | Iterable[nn.Module]) -> None:
         """Clip latent weights/biases of layers using this binarizer to [-1, 1], in place."""
         for layer in _layers_of(self, model_or_modules):
-            layer.weight.clamp_(-1.0, 1.0)
+            cast(Tensor, layer.weight).clamp_(-1.0, 1.0)
             if getattr(layer, "bias", None) is not None:
-                layer.bias.clamp_(-1.0, 1.0)
+                cast(Tensor, layer.bias).clamp_(-1.0, 1.0)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
@@ -126,6 +126,8 @@ class BC(Binarizer):
 
 class _TanhBinarizer(Binarizer):
     """Shared annealing of ``tanh_scale`` for the tanh binarizers."""
+
+    tanh_scale: Tensor  # registered 0-d buffer
 
     def __init__(
         self,

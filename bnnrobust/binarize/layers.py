@@ -8,7 +8,7 @@ optimizer updates latents while the forward uses ``binarizer.quantize(latent, tr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,19 +20,36 @@ from bnnrobust.binarize.functions import TRAINING_SURROGATE, SignSurrogate, chec
 __all__ = ["BinaryConv2d", "BinaryLinear", "SignActivation", "BinaryLayer"]
 
 
+_PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+
+
+class _LatentLayer(Protocol):
+    """What :class:`_BinaryMixin` needs from the layer it is mixed into (read-only, so that
+    ``nn.Conv2d``'s ``bias: Tensor | None`` and ``nn.Linear``'s ``bias`` both match)."""
+
+    @property
+    def weight(self) -> Tensor: ...
+
+    @property
+    def bias(self) -> Tensor | None: ...
+
+    @property
+    def training(self) -> bool: ...
+
+    @property
+    def binarizer(self) -> Binarizer: ...
+
+
 class _BinaryMixin:
     """What BinaryConv2d and BinaryLinear share: a binarizer and the used weight/bias."""
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
-    training: bool
     binarizer: Binarizer
 
-    def used_weight(self) -> Tensor:
+    def used_weight(self: _LatentLayer) -> Tensor:
         """The weight the forward uses now (±1 in eval for any binary binarizer)."""
         return self.binarizer.quantize(self.weight, self.training)
 
-    def used_bias(self) -> Tensor | None:
+    def used_bias(self: _LatentLayer) -> Tensor | None:
         """The bias the forward uses now (binarized like the weight), or None."""
         return None if self.bias is None else self.binarizer.quantize(self.bias, self.training)
 
@@ -54,7 +71,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
-        padding_mode: str = "zeros",
+        padding_mode: _PaddingMode = "zeros",
         binarizer: Binarizer | None = None,
         device: Any = None,
         dtype: Any = None,
@@ -83,10 +100,11 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         layer = cls(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
+            # nn.Conv2d stores these as 2-tuples (typed tuple[int, ...] in torch)
+            cast(tuple[int, int], conv.kernel_size),
+            cast(tuple[int, int], conv.stride),
+            cast(tuple[int, int] | str, conv.padding),
+            cast(tuple[int, int], conv.dilation),
             conv.groups,
             conv.bias is not None,
             conv.padding_mode,
@@ -135,9 +153,10 @@ BinaryLayer = BinaryConv2d | BinaryLinear
 
 
 @torch.no_grad()
-def _copy_params(src: nn.Module, dst: nn.Module) -> None:
+def _copy_params(src: nn.Conv2d | nn.Linear, dst: BinaryConv2d | BinaryLinear) -> None:
     dst.weight.copy_(src.weight)
     if src.bias is not None:
+        assert dst.bias is not None  # dst was built with bias=(src.bias is not None)
         dst.bias.copy_(src.bias)
     dst.weight.requires_grad_(src.weight.requires_grad)
     dst.train(src.training)

@@ -25,6 +25,8 @@ def _present(cls: type) -> type:
     """
 
     class Present(cls):  # type: ignore[misc, valid-type]
+        meta: dict[str, str | None]  # torchvision's class attribute; _load_meta copies it
+
         def _check_integrity(self) -> bool:
             root = Path(self.root) / self.base_folder
             return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
@@ -40,7 +42,7 @@ def _present(cls: type) -> type:
 
 
 class _CIFARDataModule(ImageDataModule):
-    torchvision_cls: type = torchvision.datasets.CIFAR10
+    torchvision_cls: type[torchvision.datasets.CIFAR10] = torchvision.datasets.CIFAR10
     in_channels = 3
     image_size = 32
 

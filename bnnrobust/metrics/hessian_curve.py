@@ -150,7 +150,7 @@ def plot_hessian_curve(
             per_sample = torch.is_tensor(value) and value.dim() > 0
             if not per_sample and i > 0:
                 continue  # a shared β is drawn once
-            v = float(value[i]) if per_sample else float(value)
+            v = float(value[i]) if per_sample and isinstance(value, Tensor) else float(value)
             ax.axvline(v, color=line.get_color() if per_sample else "gray",
                        linestyle=styles[j % len(styles)], linewidth=1,
                        label=name if i == 0 else None)

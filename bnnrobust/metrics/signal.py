@@ -33,7 +33,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,9 @@ from bnnrobust.attacks.jacobian import (
     input_jacobian_and_logits,
     singular_values_from_gram,
 )
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 #: per-variant quantities accumulated by :class:`SignalSums`
 QUANTITIES: tuple[str, ...] = (
@@ -198,18 +201,18 @@ class SignalSums:
         if len(set(variants)) != len(variants):
             raise ValueError(f"Variant names must be distinct, got {list(variants)}.")
         shape = (len(variants), len(QUANTITIES))
-        kw = {"dtype": torch.float64, "device": device}
+        f64 = torch.float64
         return cls(
             variants=variants,
-            count=torch.zeros(shape, **kw),
-            total=torch.zeros(shape, **kw),
-            total_sq=torch.zeros(shape, **kw),
-            n_nan=torch.zeros(shape, **kw),
-            n_inf=torch.zeros(shape, **kw),
-            minimum=torch.full(shape, math.inf, **kw),
-            maximum=torch.full(shape, -math.inf, **kw),
-            hist=torch.zeros((len(variants), len(JSV_HIST_LIMITS)), **kw),
-            counts=torch.zeros(3, **kw),
+            count=torch.zeros(shape, dtype=f64, device=device),
+            total=torch.zeros(shape, dtype=f64, device=device),
+            total_sq=torch.zeros(shape, dtype=f64, device=device),
+            n_nan=torch.zeros(shape, dtype=f64, device=device),
+            n_inf=torch.zeros(shape, dtype=f64, device=device),
+            minimum=torch.full(shape, math.inf, dtype=f64, device=device),
+            maximum=torch.full(shape, -math.inf, dtype=f64, device=device),
+            hist=torch.zeros((len(variants), len(JSV_HIST_LIMITS)), dtype=f64, device=device),
+            counts=torch.zeros(3, dtype=f64, device=device),
         )
 
     def add_values(self, variant: str, quantity: str, values: Tensor) -> None:
@@ -302,7 +305,7 @@ class SignalSums:
             counts=parts[6],
         )
 
-    def all_reduce(self, group: object | None = None) -> SignalSums:
+    def all_reduce(self, group: ProcessGroup | None = None) -> SignalSums:
         """:meth:`reduce` over ``torch.distributed`` (identity when it is not initialized)."""
         import torch.distributed as dist
 

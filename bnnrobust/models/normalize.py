@@ -18,6 +18,10 @@ class Normalize(nn.Module):
         std: per-channel standard deviation in [0, 1] pixel units (length C, all > 0).
     """
 
+    # registered buffers, shape (1, C, 1, 1)
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         mean_t = torch.as_tensor(list(mean), dtype=torch.float32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -90,7 +90,7 @@ class ImageClassifier(L.LightningModule):
                             std: Sequence[float] | None) -> nn.Module:
         if (mean is None) != (std is None):
             raise ValueError(f"Give both mean and std or neither, got mean={mean!r}, std={std!r}.")
-        if mean is None:
+        if mean is None or std is None:  # both None (checked above)
             return model
         from bnnrobust.models.normalize import Normalize
 
@@ -117,7 +117,7 @@ class ImageClassifier(L.LightningModule):
         d = logits.shape[-1]
         if self.train_acc.num_classes != d:
             for metric in (self.train_acc, self.val_acc, self.test_acc, *self.test_attack_acc.values()):
-                metric.num_classes = d
+                cast(MulticlassAccuracy, metric).num_classes = d
         if self.num_classes is not None and self.num_classes != d:
             raise ValueError(f"The model outputs {d} logits but num_classes={self.num_classes}.")
 
@@ -156,7 +156,7 @@ class ImageClassifier(L.LightningModule):
                 x_adv = attack(self.model, x.clone(), y.clone())
             with torch.no_grad():
                 adv_logits = self.model(x_adv)
-            metric = self.test_attack_acc[key]
+            metric = cast(MulticlassAccuracy, self.test_attack_acc[key])
             metric(adv_logits, y)
             self.log(f"test/{attack.name}_acc", metric)
             self.log(f"test/{attack.name}_seconds", time.perf_counter() - start,
