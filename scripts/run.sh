@@ -2,7 +2,7 @@
 # One entry point for a fresh Debian/Ubuntu machine with Python 3.11 and root (or sudo):
 #
 #   bash scripts/run.sh quickstart   # install everything, then train REF + BNN and compare PGD vs PGD++
-#   bash scripts/run.sh test         # install everything, then run the test suite
+#   bash scripts/run.sh test         # install everything, then ruff + mypy, then the test suite
 #   bash scripts/run.sh install      # only install
 #
 # Idempotent: a second run skips what is already installed (a stamp records the install).
@@ -46,6 +46,13 @@ install_data() {
   "$VENV/bin/python" -c "import torchvision; [torchvision.datasets.FashionMNIST('data', train=t, download=True) for t in (True, False)]"
 }
 
+static_checks() {  # fails the command (set -e) on any lint or type error
+  echo "[check] ruff check ."
+  "$VENV/bin/ruff" check .
+  echo "[check] mypy bnnrobust callbacks train.py evaluate.py"
+  "$VENV/bin/mypy" bnnrobust callbacks train.py evaluate.py
+}
+
 cmd=${1:-quickstart}
 shift || true
 case "$cmd" in
@@ -56,6 +63,7 @@ case "$cmd" in
     exec "$VENV/bin/python" -m bnnrobust.quickstart "$@" ;;
   test)
     install_python; install_data
+    static_checks
     exec "$VENV/bin/python" -m pytest "$@" ;;
   *)
     echo "usage: bash scripts/run.sh {quickstart|test|install} [extra args]" >&2; exit 2 ;;
