@@ -228,12 +228,15 @@ def build_attack(
     return builder(**kwargs)
 
 
-def _build_cascade(kwargs: dict[str, Any], dataset: str | None) -> Cascade:
-    accepted = ("attacks", "title")
+def _check_keys(kind: str, kwargs: Mapping[str, Any], accepted: tuple[str, ...]) -> None:
     for key in kwargs:
         if key not in accepted:
-            raise ValueError(f"Unknown argument {key!r} for attack 'cascade'. Accepted: "
+            raise ValueError(f"Unknown argument {key!r} for attack {kind!r}. Accepted: "
                              f"{', '.join(accepted)}.")
+
+
+def _build_cascade(kwargs: dict[str, Any], dataset: str | None) -> Cascade:
+    _check_keys("cascade", kwargs, ("attacks", "title"))
     specs = kwargs.get("attacks")
     if not isinstance(specs, list | tuple) or not specs:
         raise ValueError(f"A cascade needs a non-empty list 'attacks' of attack specs, got "
@@ -243,11 +246,7 @@ def _build_cascade(kwargs: dict[str, Any], dataset: str | None) -> Cascade:
 
 
 def _build_transfer(kwargs: dict[str, Any], dataset: str | None) -> TransferAttack:
-    accepted = ("source", "attack")
-    for key in kwargs:
-        if key not in accepted:
-            raise ValueError(f"Unknown argument {key!r} for attack 'transfer'. Accepted: "
-                             f"{', '.join(accepted)}.")
+    _check_keys("transfer", kwargs, ("source", "attack"))
     source = kwargs.get("source")
     if not isinstance(source, nn.Module):
         raise ValueError(
