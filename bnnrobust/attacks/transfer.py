@@ -53,8 +53,11 @@ class TransferAttack(Attack):
         self.name = f"transfer({attack.name})"
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "source_model": type(self.source_model).__name__,
-                "attack": self.attack.describe()}
+        inner = self.attack.describe()
+        d: dict[str, object] = {"name": self.name}
+        d.update({k: inner[k] for k in ("eps", "norm", "steps") if k in inner})
+        d.update(source_model=type(self.source_model).__name__, attack=inner)
+        return d
 
     def _perturb(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None
