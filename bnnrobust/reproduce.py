@@ -13,7 +13,8 @@ What it does (every number comes from the project's own code paths):
    PGD L∞ and L2 and their ++ variants, PGD with the DLR loss, APGD-CE, APGD-DLR, Square, the
    transfer attack from REF, PGD with 20 restarts and the ``strongest`` cascade (APGD-T too
    on BNN-WQ and BNN-WAQ, for the issue-9 check);
-3. measures signal propagation (the paper's Table 12) and accuracy-vs-eps sweeps (JSON + PNG);
+3. measures signal propagation (the paper's Table 12), accuracy-vs-eps sweeps (JSON + PNG) and
+   PGD++ with varying ρ for NJS (Table 11) and Proposition 1's β (Table 13);
 4. checks, on BNN-WQ and BNN-WAQ, that the ``strongest`` cascade's accuracy is at most that of
    each peer attack alone (APGD-CE, APGD-DLR, APGD-T, Square) — measured, not assumed;
 5. writes ``<out>/*.json``, PNGs and the Markdown report (``docs/results.md`` for the full
@@ -167,6 +168,7 @@ class Settings:
     sweep_eps: tuple[float, ...] = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2)
     sweep_models: tuple[str, ...] = (REF_KEY, WQ_KEY, WAQ_KEY)
     peer_check_models: tuple[str, ...] = (WQ_KEY, WAQ_KEY)
+    rho_n: int = 500
     seed: int = 0
 
     @classmethod
@@ -182,7 +184,7 @@ class Settings:
                    val_size=32, max_epochs=1, train_batch_size=64, width=0.25,
                    synthetic_samples=128, n_eval=16, batch_size=16, pgd_steps=2, apgd_steps=2,
                    square_queries=4, restarts=2, signal_n=8, sweep_n=16,
-                   sweep_eps=(0.0, 0.1), sweep_models=(REF_KEY, WQ_KEY))
+                   sweep_eps=(0.0, 0.1), sweep_models=(REF_KEY, WQ_KEY), rho_n=16)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -570,6 +572,128 @@ def _sweep_stage(ctx: Context, spec: ModelSpec) -> Stage:
     est = s.sweep_n * 0.9 * (1 + 3 * t + 12) * n_eps * ctx.step_seconds + 10.0
     return Stage(f"sweep/{spec.key}", f"accuracy vs eps of {spec.label} (Fig. 1b)", est,
                  [js, js.with_suffix(".png")], run_it, [f"train/{spec.key}"])
+
+
+# -- Tables 11 and 13: PGD++ with varying rho ------------------------------------------------------
+#: (temperature, rho values, networks) of the paper's two rho ablations
+RHO_ABLATIONS: dict[str, tuple[tuple[float, ...], tuple[str, ...]]] = {
+    "njs": ((1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.2), (REF_KEY, WQ_KEY, WAQ_KEY)),            # Table 11
+    "prop1": ((1e-15, 1e-9, 1e-5, 0.1, 0.2, 0.5),
+              (REF_KEY, WQ_KEY, "adv_ref", "adv_wq_md_tanh_s")),                         # Table 13
+}
+#: the paper's Tables 11 and 13 (CIFAR-10 ResNet-18), percent, in RHO_ABLATIONS' rho order
+PAPER_RHO: dict[str, dict[str, tuple[float, ...]]] = {
+    "njs": {"ref": (0.0,) * 6, "wq_md_tanh_s": (0.0,) * 6,
+            "waq_hubara": (0.15, 0.08, 0.04, 0.03, 0.04, 0.02)},
+    "prop1": {"ref": (0.0,) * 6, "wq_md_tanh_s": (9.61, 0.04, 0.0, 0.0, 0.0, 0.0),
+              "adv_ref": (48.18, 47.66, 48.00, 53.09, 54.58, 57.57),
+              "adv_wq_md_tanh_s": (40.66, 40.01, 40.04, 45.09, 46.57, 49.72)},
+}
+
+
+def _rho_key(rule: str, rho: float) -> str:
+    return f"{rule}_rho{rho:g}"
+
+
+def _rho_stage(ctx: Context) -> Stage:
+    out = ctx.out / "rho_ablation.json"
+
+    def run_it() -> dict[str, Any]:
+        from bnnrobust.attacks.factory import build_attack
+        from bnnrobust.evaluation.runner import evaluate
+
+        st = ctx.settings
+        body: dict[str, Any] = {"n": st.rho_n, "rho": {}, "models": {}}
+        for rule, (rhos, keys) in RHO_ABLATIONS.items():
+            body["rho"][rule] = list(rhos)
+            for key in keys:
+                x, y = ctx.test_data(key, st.rho_n)
+                attacks = {_rho_key(rule, r): build_attack(
+                    {"name": "pgd", "temperature": {"name": rule, "rho": r},
+                     **_pgd_overrides("pgd", st)}, st.dataset) for r in rhos}
+                res = evaluate(ctx.model(key), (x, y), attacks, seed=st.seed, device="cpu",
+                               progress=ctx.progress, batch_size=st.batch_size)
+                entry = body["models"].setdefault(key, {"label": _BY_KEY[key].label,
+                                                        "clean_acc": res.clean_acc})
+                entry[rule] = [res.attacks[_rho_key(rule, r)].adv_acc for r in rhos]
+                _log(f"  {_BY_KEY[key].label}, PGD++ {rule} over rho: "
+                     + ", ".join(f"{a:.2f}" for a in entry[rule]))
+        _write_json(out, body)
+        return {"models": len(body["models"])}
+
+    st = ctx.settings
+    t = st.pgd_steps or 20
+    n_runs = sum(len(r) * len(k) for r, k in RHO_ABLATIONS.values())
+    est = n_runs * st.rho_n * 0.9 * (t + 1) * ctx.step_seconds + 10.0
+    keys = sorted({k for _, ks in RHO_ABLATIONS.values() for k in ks})
+    return Stage("rho", "PGD++ with varying rho: NJS (Table 11), Proposition 1 (Table 13)", est,
+                 [out], run_it, [f"train/{k}" for k in keys])
+
+
+def rho_findings(rho: Mapping[str, Any] | None) -> list[Finding]:
+    """Tables 11 and 13, from ``rho_ablation.json``'s body."""
+    out: list[Finding] = []
+    if not rho:
+        return out
+    models = rho.get("models", {})
+    for key in RHO_ABLATIONS["njs"][1]:
+        vals = (models.get(key) or {}).get("njs")
+        if not vals:
+            continue
+        spread = max(vals) - min(vals)
+        pap = PAPER_RHO["njs"][key]
+        out.append(Finding("Table 11", f"PGD++ (NJS) on {_BY_KEY[key].label} is stable in ρ "
+                           "(1e-5 … 0.2)", f"{min(vals):.2f} … {max(vals):.2f} (spread "
+                           f"{spread:.2f})", f"{min(pap):.2f} … {max(pap):.2f}",
+                           "agrees" if spread <= CLEAR_POINTS else "partly agrees"
+                           if spread <= 2 * CLEAR_POINTS else "differs"))
+    rhos = list(rho.get("rho", {}).get("prop1", []))
+    for key in RHO_ABLATIONS["prop1"][1]:
+        vals = (models.get(key) or {}).get("prop1")
+        if not vals or len(vals) != len(rhos):
+            continue
+        pap = PAPER_RHO["prop1"][key]
+        if _BY_KEY[key].adversarial:
+            rise = vals[-1] - min(vals)
+            out.append(Finding("Table 13", f"On {_BY_KEY[key].label}, Prop. 1's β works best at "
+                               f"a small ρ: ρ = {rhos[-1]:g} is weaker than the best ρ",
+                               f"best {min(vals):.2f} (ρ = {rhos[vals.index(min(vals))]:g}), "
+                               f"ρ = {rhos[-1]:g}: {vals[-1]:.2f} ({rise:+.2f})",
+                               f"best {min(pap):.2f}, ρ = 0.5: {pap[-1]:.2f} "
+                               f"({pap[-1] - min(pap):+.2f})",
+                               "agrees" if rise >= CLEAR_POINTS else "partly agrees" if rise > 0
+                               else "differs"))
+        else:
+            worst = max(vals[1:])
+            out.append(Finding("Table 13", f"On {_BY_KEY[key].label}, Prop. 1's β with ρ ≥ "
+                               f"{rhos[1]:g} drives accuracy to about 0",
+                               f"{', '.join(f'{v:.2f}' for v in vals)} (ρ = "
+                               f"{', '.join(f'{r:g}' for r in rhos)})",
+                               ", ".join(f"{v:.2f}" for v in pap),
+                               "agrees" if worst <= FLOOR_POINTS else "partly agrees"
+                               if worst <= CLEAR_POINTS else "differs"))
+    return out
+
+
+def _rho_tables(rho: Mapping[str, Any]) -> list[str]:
+    md: list[str] = []
+    names = {"njs": "PGD++ (NJS) with varying ρ — paper Table 11",
+             "prop1": "PGD++ with β from Proposition 1 and varying ρ — paper Table 13"}
+    for rule, rhos in rho.get("rho", {}).items():
+        md.append(f"**{names.get(rule, rule)}** (adversarial accuracy %, ours / paper):")
+        md.append("")
+        md.append("| network | clean | " + " | ".join(f"ρ = {r:g}" for r in rhos) + " |")
+        md.append("|---|---:|" + "---:|" * len(rhos))
+        for key, entry in rho.get("models", {}).items():
+            if rule not in entry:
+                continue
+            pap = PAPER_RHO.get(rule, {}).get(key)
+            cells = [f"{v:.2f} / {pap[i]:.2f}" if pap else f"{v:.2f}"
+                     for i, v in enumerate(entry[rule])]
+            md.append(f"| {entry['label']} | {entry['clean_acc']:.2f} | " + " | ".join(cells)
+                      + " |")
+        md.append("")
+    return md
 
 
 # -- issue 9: strongest <= every peer -------------------------------------------------------------
@@ -974,7 +1098,9 @@ def build_report(ctx: Context) -> tuple[str, dict[str, Any]]:
     sweeps = {k: _read_json(ctx.sweep_json(k)) for k in s.sweep_models if ctx.sweep_json(k).is_file()}
     peer_path = out / "peer_check.json"
     peers = _read_json(peer_path) if peer_path.is_file() else None
-    found = findings(evals, signal, sweeps, peers)
+    rho_path = out / "rho_ablation.json"
+    rho = _read_json(rho_path) if rho_path.is_file() else None
+    found = findings(evals, signal, sweeps, peers) + rho_findings(rho)
     manifest = _read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
     stage_times = manifest.get("stage_seconds", {})
 
@@ -1057,6 +1183,15 @@ def build_report(ctx: Context) -> tuple[str, dict[str, Any]]:
         md.append("")
         md.append(_vanishing_sentence(signal))
         md.append("")
+    if rho:
+        md.append("## PGD++ with varying ρ (paper Tables 11 and 13)")
+        md.append("")
+        md.append(f"First {rho.get('n')} test images, PGD L∞ at the Fashion-MNIST preset with the "
+                  "temperature `{name: njs, rho: ρ}` (NJS's β1·β2) or `{name: prop1, rho: ρ}` "
+                  "(Proposition 1's β = −log(ρ/((d−1)(1−ρ)))/γ, per sample and step). "
+                  f"[JSON]({_rel(rho_path, md_dir)})")
+        md.append("")
+        md += _rho_tables(rho)
     if sweeps:
         md.append("## Accuracy vs eps (Fig. 1b)")
         md.append("")
@@ -1262,6 +1397,7 @@ def plan_stages(ctx: Context) -> list[Stage]:
     stages += [_eval_stage(ctx, m) for m in MODELS]
     stages.append(_signal_stage(ctx))
     stages += [_sweep_stage(ctx, _BY_KEY[k]) for k in ctx.settings.sweep_models]
+    stages.append(_rho_stage(ctx))
     stages.append(_peer_stage(ctx))
     stages.append(_report_stage(ctx, [s.key for s in stages]))
     return stages

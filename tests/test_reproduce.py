@@ -71,6 +71,14 @@ def test_quick_run_writes_every_output(quick_run: tuple[Path, dict[str, Any], bo
         assert set(sweep["attacks"]) == set(R.SWEEP_ATTACKS)
         assert (out / f"sweep_{key}.png").stat().st_size > 1000
     assert (out / "sweep_pgd_vs_pgdpp.png").is_file()
+    rho = json.loads((out / "rho_ablation.json").read_text())
+    assert rho["n"] == settings.rho_n
+    for rule, (rhos, keys) in R.RHO_ABLATIONS.items():
+        assert rho["rho"][rule] == list(rhos)
+        for key in keys:
+            entry = rho["models"][key]
+            assert len(entry[rule]) == len(rhos)
+            assert all(0.0 <= v <= entry["clean_acc"] + 1e-9 for v in entry[rule]), (rule, key)
     peers = json.loads((out / "peer_check.json").read_text())
     assert set(peers["models"]) == set(settings.peer_check_models)
     for entry in peers["models"].values():
@@ -93,7 +101,8 @@ def test_markdown_has_every_attack_row_and_links(quick_run: tuple[Path, dict[str
     for spec in R.MODELS:
         assert spec.label in md
     for heading in ("## Findings", "## Signal propagation", "## Accuracy vs eps",
-                    "## Issue 9", "python -m bnnrobust.reproduce --out results/fmnist"):
+                    "## Issue 9", "## PGD++ with varying ρ", "| Table 11 |", "| Table 13 |",
+                    "python -m bnnrobust.reproduce --out results/fmnist"):
         assert heading in md
     # links are relative to the Markdown file and point to files that exist
     for target in ("sweep_pgd_vs_pgdpp.png", "signal_propagation.json", "peer_check.json"):
@@ -188,9 +197,9 @@ def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[st
     plan = R.run(out, synthetic=True, dry_run=True, step_seconds=4e-4)
     assert not out.exists()
     text = capsys.readouterr().out
-    assert "total to run" in text and "18/18" in text
+    assert "total to run" in text and "19/19" in text
     assert set(plan["plan"]) == {f"train/{m.key}" for m in R.MODELS} | {
-        f"eval/{m.key}" for m in R.MODELS} | {"signal", "peer_check", "report"} | {
+        f"eval/{m.key}" for m in R.MODELS} | {"signal", "rho", "peer_check", "report"} | {
         f"sweep/{k}" for k in R.Settings.full().sweep_models}
     assert all(v > 0 for v in plan["plan"].values())
 
@@ -234,6 +243,34 @@ def test_findings_are_computed_from_the_numbers() -> None:
     sweeps = {"ref": {"non_monotone": ["pgd"]}}
     f = [x for x in R.findings({}, None, sweeps, None) if x.topic == "Fig. 1b"]
     assert f[0].verdict == "differs"
+
+
+def test_rho_findings_are_computed_from_the_numbers() -> None:
+    rhos = list(R.RHO_ABLATIONS["prop1"][0])
+    body = {"rho": {"njs": list(R.RHO_ABLATIONS["njs"][0]), "prop1": rhos}, "models": {
+        "waq_hubara": {"label": "W", "clean_acc": 80.0, "njs": [5.0, 4.0, 4.5, 4.0, 6.5, 5.0]},
+        "ref": {"label": "R", "clean_acc": 90.0, "njs": [0.0] * 6,
+                "prop1": [20.0, 0.5, 0.0, 0.0, 0.0, 1.5]},
+        "adv_ref": {"label": "A", "clean_acc": 70.0, "prop1": [40.0, 39.0, 39.5, 45.0, 46.0, 50.0]},
+        "adv_wq_md_tanh_s": {"label": "B", "clean_acc": 60.0,
+                             "prop1": [40.0, 41.0, 40.0, 39.0, 39.5, 39.0]},
+    }}
+    found = R.rho_findings(body)
+
+    def verdict(topic: str, label: str) -> R.Finding:
+        hits = [f for f in found if f.topic == topic and f" {label} " in f.claim + " "]
+        assert len(hits) == 1, (topic, label, [f.claim for f in found])
+        return hits[0]
+
+    assert verdict("Table 11", "BNN-WAQ (Hubara)").verdict == "partly agrees"  # spread 2.5
+    assert "spread 2.50" in verdict("Table 11", "BNN-WAQ (Hubara)").ours
+    assert verdict("Table 11", "REF").verdict == "agrees"
+    assert all(f.claim.find("BNN-WQ (MD-tanh-S)") < 0 for f in found if f.topic == "Table 11")
+    assert verdict("Table 13", "REF* (adv.),").verdict == "agrees"  # 50 at rho 0.5 vs best 39
+    assert "(+11.00)" in verdict("Table 13", "REF* (adv.),").ours
+    assert verdict("Table 13", "BNN-WQ* (adv., MD-tanh-S),").verdict == "differs"  # no rise
+    assert verdict("Table 13", "REF,").verdict == "partly agrees"  # 1.5 % at rho 0.5
+    assert R.rho_findings(None) == []
 
 
 def test_paper_numbers_are_percentages() -> None:
