@@ -9,8 +9,10 @@ configs. Shared behaviour:
   name for attack presets are linked from the data module, so configs never repeat them;
 * ``Trainer(inference_mode=False)`` (attacks need gradients in validate/test), a
   TensorBoard logger under ``logs/<run name>/version_N`` with the resolved config saved next to
-  the events, and checkpoints (best by ``val/clean_acc`` and ``last``) in
-  ``logs/<run name>/checkpoints`` so that ``--ckpt_path last`` resumes a killed run.
+  the events, and checkpoints in ``logs/<run name>/checkpoints``: the best by ``val/clean_acc``
+  (``--checkpoint.*``) and ``last.ckpt``, rewritten after every epoch by
+  :class:`callbacks.last_checkpoint.LastCheckpoint` (``--last_checkpoint.*``), so that
+  ``--ckpt_path last`` resumes a killed run from its last finished epoch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from bnnrobust.data.base import ImageDataModule
 from bnnrobust.systems.classifier import ImageClassifier
+from callbacks.last_checkpoint import LastCheckpoint
 
 DEFAULT_LOG_DIR = "logs"
 
@@ -54,10 +57,12 @@ class BNNRobustCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # last.ckpt comes from LastCheckpoint, written every epoch (callbacks/last_checkpoint.py)
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/clean_acc",
             "checkpoint.mode": "max",
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,
             "checkpoint.filename": "best-epoch{epoch}-step{step}",
             "checkpoint.auto_insert_metric_name": False,
         })
@@ -98,6 +103,8 @@ class BNNRobustCLI(LightningCLI):
             }
         if cfg["checkpoint"].get("dirpath") is None:
             cfg["checkpoint"]["dirpath"] = str(log_dir / name / "checkpoints")
+        if cfg["last_checkpoint"].get("dirpath") is None:
+            cfg["last_checkpoint"]["dirpath"] = cfg["checkpoint"]["dirpath"]
         if trainer_cfg.get("default_root_dir") is None:
             trainer_cfg["default_root_dir"] = str(log_dir / name)
 

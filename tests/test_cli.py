@@ -116,6 +116,38 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
         sys.path.remove(str(tmp_path))
 
 
+def test_last_checkpoint_follows_the_last_epoch_not_the_best(tmp_path: Path) -> None:
+    """The monitored metric peaks at epoch 0: last.ckpt must still hold every later epoch."""
+    cb_file = tmp_path / "worse_cb.py"
+    cb_file.write_text(
+        "import lightning as L\n"
+        "class GetsWorse(L.Callback):\n"
+        "    def on_validation_epoch_end(self, trainer, pl_module):\n"
+        "        pl_module.log('val/score', -float(trainer.current_epoch))\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        cfg = write_config(tmp_path, max_epochs=3)
+        logs = str(tmp_path / "logs")
+        args = ["--config", str(cfg), "--log_dir", logs, "--skip_test", "true",
+                "--trainer.callbacks+=worse_cb.GetsWorse", "--checkpoint.monitor", "val/score",
+                "--checkpoint.mode", "max"]
+        train_main(args)
+        ckpts = tmp_path / "logs" / "tiny" / "checkpoints"
+        assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch0-step6.ckpt", "last.ckpt"]
+        last = torch.load(ckpts / "last.ckpt", weights_only=True)
+        assert (last["epoch"], last["global_step"]) == (2, 18)
+        # both callbacks' states are in it: resuming keeps the best of epoch 0 as the best
+        states = [k for k in last["callbacks"] if k.startswith(("ModelCheckpoint", "LastCheckpoint"))]
+        assert len(states) == 2
+        train_main([*args, "--trainer.max_epochs", "4", "--ckpt_path", "last"])
+        final = torch.load(ckpts / "last.ckpt", weights_only=True)
+        assert (final["epoch"], final["global_step"]) == (3, 24)
+        assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch0-step6.ckpt", "last.ckpt"]
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
 def test_cli_subcommands_fit_and_test(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from bnnrobust.cli import main as cli_main
 
