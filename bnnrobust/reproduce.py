@@ -655,12 +655,18 @@ def rho_findings(rho: Mapping[str, Any] | None) -> list[Finding]:
         pap = PAPER_RHO["prop1"][key]
         if _BY_KEY[key].adversarial:
             rise = vals[-1] - min(vals)
-            out.append(Finding("Table 13", f"On {_BY_KEY[key].label}, Prop. 1's β works best at "
-                               f"a small ρ: ρ = {rhos[-1]:g} is weaker than the best ρ",
+            claim = (f"On {_BY_KEY[key].label}, Prop. 1's β works best at a small ρ: "
+                     f"ρ = {rhos[-1]:g} is weaker than the best ρ")
+            pap_text = (f"best {min(pap):.2f}, ρ = 0.5: {pap[-1]:.2f} "
+                        f"({pap[-1] - min(pap):+.2f})")
+            if max(vals) <= FLOOR_POINTS:
+                out.append(Finding("Table 13", claim, f"{max(vals):.2f} or less at every ρ: the "
+                                   "network is not robust at this eps, nothing to compare",
+                                   pap_text, "not testable"))
+                continue
+            out.append(Finding("Table 13", claim,
                                f"best {min(vals):.2f} (ρ = {rhos[vals.index(min(vals))]:g}), "
-                               f"ρ = {rhos[-1]:g}: {vals[-1]:.2f} ({rise:+.2f})",
-                               f"best {min(pap):.2f}, ρ = 0.5: {pap[-1]:.2f} "
-                               f"({pap[-1] - min(pap):+.2f})",
+                               f"ρ = {rhos[-1]:g}: {vals[-1]:.2f} ({rise:+.2f})", pap_text,
                                "agrees" if rise >= CLEAR_POINTS else "partly agrees" if rise > 0
                                else "differs"))
         else:

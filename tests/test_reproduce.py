@@ -271,6 +271,10 @@ def test_rho_findings_are_computed_from_the_numbers() -> None:
     assert verdict("Table 13", "BNN-WQ* (adv., MD-tanh-S),").verdict == "differs"  # no rise
     assert verdict("Table 13", "REF,").verdict == "partly agrees"  # 1.5 % at rho 0.5
     assert R.rho_findings(None) == []
+    broken = {"rho": body["rho"], "models": {"adv_ref": {"label": "A", "clean_acc": 50.0,
+                                                        "prop1": [0.0, 0.2, 0.0, 0.0, 0.1, 0.0]}}}
+    (only,) = R.rho_findings(broken)
+    assert only.verdict == "not testable" and "0.20 or less at every ρ" in only.ours
 
 
 def test_paper_numbers_are_percentages() -> None:
