@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -85,10 +86,23 @@ class _Crash(Exception):
     pass
 
 
-def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
+@pytest.fixture
+def importable(tmp_path: Path) -> Iterator[Callable[[str, str], None]]:
+    """Write a module into tmp_path (importable by configs' class paths while the test runs)."""
+    sys.path.insert(0, str(tmp_path))
+
+    def write(name: str, source: str) -> None:
+        (tmp_path / f"{name}.py").write_text(source)
+
+    yield write
+    sys.path.remove(str(tmp_path))
+
+
+def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path,
+                                                 importable: Callable[[str, str], None]) -> None:
     """A run dies in epoch 3; `--ckpt_path last` continues from the end of epoch 2."""
-    crash_cb = tmp_path / "crash_cb.py"
-    crash_cb.write_text(
+    importable(
+        "crash_cb",
         "import lightning as L\n"
         "class CrashAt(L.Callback):\n"
         "    def __init__(self, epoch: int = 2):\n"
@@ -97,55 +111,48 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
         "        if trainer.current_epoch == self.epoch:\n"
         "            raise RuntimeError('simulated crash')\n"
     )
-    sys.path.insert(0, str(tmp_path))
-    try:
-        cfg = write_config(tmp_path, max_epochs=4)
-        logs = str(tmp_path / "logs")
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            train_main(["--config", str(cfg), "--log_dir", logs, "--skip_test", "true",
-                        "--trainer.callbacks+=crash_cb.CrashAt"])
-        last = tmp_path / "logs" / "tiny" / "checkpoints" / "last.ckpt"
-        assert torch.load(last, weights_only=True)["epoch"] == 1
-        steps_per_epoch = 96 // 16
+    cfg = write_config(tmp_path, max_epochs=4)
+    logs = str(tmp_path / "logs")
+    with pytest.raises(RuntimeError, match="simulated crash"):
         train_main(["--config", str(cfg), "--log_dir", logs, "--skip_test", "true",
-                    "--ckpt_path", "last"])
-        final = torch.load(last, weights_only=True)
-        assert final["epoch"] == 3
-        assert final["global_step"] == 4 * steps_per_epoch
-    finally:
-        sys.path.remove(str(tmp_path))
+                    "--trainer.callbacks+=crash_cb.CrashAt"])
+    last = tmp_path / "logs" / "tiny" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    steps_per_epoch = 96 // 16
+    train_main(["--config", str(cfg), "--log_dir", logs, "--skip_test", "true",
+                "--ckpt_path", "last"])
+    final = torch.load(last, weights_only=True)
+    assert final["epoch"] == 3
+    assert final["global_step"] == 4 * steps_per_epoch
 
 
-def test_last_checkpoint_follows_the_last_epoch_not_the_best(tmp_path: Path) -> None:
+def test_last_checkpoint_follows_the_last_epoch_not_the_best(tmp_path: Path,
+                                                 importable: Callable[[str, str], None]) -> None:
     """The monitored metric peaks at epoch 0: last.ckpt must still hold every later epoch."""
-    cb_file = tmp_path / "worse_cb.py"
-    cb_file.write_text(
+    importable(
+        "worse_cb",
         "import lightning as L\n"
         "class GetsWorse(L.Callback):\n"
         "    def on_validation_epoch_end(self, trainer, pl_module):\n"
         "        pl_module.log('val/score', -float(trainer.current_epoch))\n"
     )
-    sys.path.insert(0, str(tmp_path))
-    try:
-        cfg = write_config(tmp_path, max_epochs=3)
-        logs = str(tmp_path / "logs")
-        args = ["--config", str(cfg), "--log_dir", logs, "--skip_test", "true",
-                "--trainer.callbacks+=worse_cb.GetsWorse", "--checkpoint.monitor", "val/score",
-                "--checkpoint.mode", "max"]
-        train_main(args)
-        ckpts = tmp_path / "logs" / "tiny" / "checkpoints"
-        assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch0-step6.ckpt", "last.ckpt"]
-        last = torch.load(ckpts / "last.ckpt", weights_only=True)
-        assert (last["epoch"], last["global_step"]) == (2, 18)
-        # both callbacks' states are in it: resuming keeps the best of epoch 0 as the best
-        states = [k for k in last["callbacks"] if k.startswith(("ModelCheckpoint", "LastCheckpoint"))]
-        assert len(states) == 2
-        train_main([*args, "--trainer.max_epochs", "4", "--ckpt_path", "last"])
-        final = torch.load(ckpts / "last.ckpt", weights_only=True)
-        assert (final["epoch"], final["global_step"]) == (3, 24)
-        assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch0-step6.ckpt", "last.ckpt"]
-    finally:
-        sys.path.remove(str(tmp_path))
+    cfg = write_config(tmp_path, max_epochs=3)
+    logs = str(tmp_path / "logs")
+    args = ["--config", str(cfg), "--log_dir", logs, "--skip_test", "true",
+            "--trainer.callbacks+=worse_cb.GetsWorse", "--checkpoint.monitor", "val/score",
+            "--checkpoint.mode", "max"]
+    train_main(args)
+    ckpts = tmp_path / "logs" / "tiny" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch0-step6.ckpt", "last.ckpt"]
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 18)
+    # both callbacks' states are in it: resuming keeps the best of epoch 0 as the best
+    states = [k for k in last["callbacks"] if k.startswith(("ModelCheckpoint", "LastCheckpoint"))]
+    assert len(states) == 2
+    train_main([*args, "--trainer.max_epochs", "4", "--ckpt_path", "last"])
+    final = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert (final["epoch"], final["global_step"]) == (3, 24)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch0-step6.ckpt", "last.ckpt"]
 
 
 def test_cli_subcommands_fit_and_test(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
