@@ -193,14 +193,18 @@ def njs_beta2(z: Tensor, y: Tensor, rho: float = 0.01) -> Tensor:
         zf = z.detach()
         if zf.dtype in (torch.float16, torch.bfloat16):
             zf = zf.float()
-        bound = njs_bound(zf.shape[1], rho)
         p_y = torch.softmax(zf, dim=1).gather(1, y.long()[:, None]).squeeze(1)
-        zmin, zmax = torch.aminmax(zf, dim=1)
-        gamma = zmax - zmin
         # p_y > 1 - rho >= 1/2 implies gamma > 0; NaN logits fail the comparison
-        beta2 = torch.where(p_y > 1.0 - rho, bound / gamma, 1.0)
-        beta2 = torch.where(torch.isfinite(beta2) & (beta2 > 0), beta2, 1.0)
-    return beta2
+        return _prop1_beta(zf, rho, p_y > 1.0 - rho)
+
+
+def _prop1_beta(z: Tensor, rho: float, where: Tensor) -> Tensor:
+    """``−log(ρ / ((d−1)(1−ρ))) / (max(z) − min(z))`` (B,) where ``where``, else 1; also 1 for
+    ``γ = 0`` and non-finite logits. ``z`` (B, d) detached, float32/64."""
+    bound = njs_bound(z.shape[1], rho)  # checks 0 < rho < (d-1)/d
+    lo, hi = torch.aminmax(z, dim=1)
+    beta = torch.where(where, bound / (hi - lo), 1.0)
+    return torch.where(torch.isfinite(beta) & (beta > 0), beta, 1.0)
 
 
 class NJS(Temperature):
@@ -476,11 +480,7 @@ class Prop1Temperature(Temperature):
     def scale(self, logits: Tensor, y: Tensor, state: TemperatureState) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             zf = logits.detach().float()
-            bound = njs_bound(zf.shape[1], self.rho)  # checks rho < (d-1)/d
-            lo, hi = torch.aminmax(zf, dim=1)
-            beta = bound / (hi - lo)
-            correct = zf.argmax(dim=1) == y.to(zf.device).long()
-            beta = torch.where(correct & torch.isfinite(beta) & (beta > 0), beta, 1.0)
+            beta = _prop1_beta(zf, self.rho, zf.argmax(dim=1) == y.to(zf.device).long())
         return logits * beta.to(logits.dtype)[:, None], beta.detach()
 
     def describe(self) -> dict[str, object]:
