@@ -39,6 +39,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from bnnrobust.attacks.base import Attack, eval_mode
+from bnnrobust.attacks.jacobian import check_jacobian_space
+from bnnrobust.evaluation.report import weaker_temperature_notes
 from bnnrobust.metrics.signal import HNS, SignalStats, signal_sums
 
 #: preset used when the data module has no ``dataset_name``
@@ -89,6 +91,9 @@ class RobustnessMonitor(Callback):
             used by the metrics and by every NJS attack, so all batches and ranks share one β1.
         hns_grid: HNS grid size of the metrics.
         hessian_samples: samples drawn in the Hessian figure.
+        jacobian_space: NJS's β1 and the JSV statistics use J with respect to the tensor after
+            the model's ``Normalize`` (``"normalized"``, the authors' convention) or the
+            [0, 1] image (``"pixel"``).
     """
 
     def __init__(
@@ -103,8 +108,10 @@ class RobustnessMonitor(Callback):
         signal_samples: int = 64,
         hns_grid: int = 100,
         hessian_samples: int = 4,
+        jacobian_space: str = "normalized",
     ) -> None:
         super().__init__()
+        self.jacobian_space = check_jacobian_space(jacobian_space)
         for name, value in (("every_n_epochs", every_n_epochs), ("num_samples", num_samples),
                             ("batch_size", batch_size), ("signal_samples", signal_samples),
                             ("hessian_samples", hessian_samples)):
@@ -132,6 +139,7 @@ class RobustnessMonitor(Callback):
         self.last_metrics: dict[str, float] = {}
         #: finalized signal statistics of the last run
         self.last_stats: SignalStats | None = None
+        self.last_notes: list[str] = []
         #: seconds per phase of the last run on this rank ("signal", "attack/<tag>", ...)
         self.last_timings: dict[str, float] = {}
 
@@ -257,13 +265,16 @@ class RobustnessMonitor(Callback):
         metrics["robust/seconds"] = float(seconds[0])
         self.last_metrics = metrics
         self.last_stats = stats
+        #: sentences naming each PGD++ attack that was weaker than its plain attack this epoch
+        self.last_notes = weaker_temperature_notes(
+            {tag: 100 * acc for tag, acc in zip(self.attack_tags, accs[:-1], strict=True)})
         for name, value in metrics.items():
             # identical on every rank: "max" syncs exactly (no rounding), and keeps the value
             # usable by ModelCheckpoint/EarlyStopping on every rank
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
 
         if trainer.is_global_zero:  # side effects only, after every collective
-            for note in stats.warnings:
+            for note in [*stats.warnings, *self.last_notes]:
                 rank_zero_warn(f"RobustnessMonitor (epoch {trainer.current_epoch}): {note}")
             t = time.perf_counter()
             self._write_images(trainer, model, stats, beta1, first)
@@ -275,6 +286,7 @@ class RobustnessMonitor(Callback):
             gram_from_jacobian,
             input_jacobian_and_logits,
             singular_values_from_gram,
+            to_jacobian_space,
         )
         from bnnrobust.attacks.temperature import NJS
 
@@ -295,7 +307,7 @@ class RobustnessMonitor(Callback):
         jac_logits = None
         if x_sig.shape[0]:
             jac_logits = input_jacobian_and_logits(model, x_sig)
-            jac = jac_logits[0]
+            jac = to_jacobian_space(jac_logits[0], model, self.jacobian_space)
             finite = torch.isfinite(jac).flatten(1).all(dim=1)
             sv = singular_values_from_gram(gram_from_jacobian(jac[finite]), jac.shape[-1])
             nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
@@ -315,7 +327,8 @@ class RobustnessMonitor(Callback):
                 temperature.beta1 = beta1
         t = tick("jacobian_njs", t)
         betas: dict[str, float | str] = {"original": 1.0, "njs": beta1, "hns": HNS}
-        sums = signal_sums(model, x_sig, y_sig, betas, n_grid=self.hns_grid, jacobian=jac_logits)
+        sums = signal_sums(model, x_sig, y_sig, betas, n_grid=self.hns_grid, jacobian=jac_logits,
+                           jacobian_space=self.jacobian_space)
         del jac_logits
         t = tick("signal", t)
         counts = torch.zeros(len(self.attacks) + 2, dtype=torch.float64, device=device)

@@ -335,3 +335,55 @@ def test_temperature_dict_specs() -> None:
     with pytest.raises(ValueError, match=r"rho must satisfy 0 < rho < \(d-1\)/d"):  # d = 2
         Prop1Temperature(0.7).scale(torch.zeros(1, 2), torch.tensor([0]), TemperatureState(
             torch.ones(1)))
+
+
+def _normalized_rgb_net(d: int = 5) -> tuple[nn.Module, nn.Module, Tensor]:
+    """A model with a 3-channel Normalize first, its inner network, and mean/std."""
+    from bnnrobust.models import Normalize
+
+    torch.manual_seed(3)
+    inner = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, d))
+    std = (0.2, 0.5, 0.8)
+    return nn.Sequential(Normalize((0.4, 0.5, 0.6), std), inner).double(), inner.double(), torch.tensor(std)
+
+
+def test_njs_beta1_uses_the_jacobian_of_the_normalized_input() -> None:
+    model, inner, std = _normalized_rgb_net()
+    x = torch.rand(7, 3, 4, 4, dtype=torch.float64)
+    x_hat = model[0](x)
+    # independent reference: per-sample Jacobian of the network after Normalize, at x_hat
+    sv = torch.cat([
+        torch.linalg.svdvals(torch.autograd.functional.jacobian(lambda v: inner(v[None])[0], x_hat[i])
+                             .reshape(5, -1))
+        for i in range(7)
+    ])
+    want = 1.0 / float(sv.mean())
+    assert njs_temperature(model, x) == pytest.approx(want, rel=1e-9)
+    assert NJS().calibrate(model, x) == pytest.approx(want, rel=1e-9)
+    # pixel space is a different, documented convention; for one channel it differs by 1/std
+    pixel = njs_temperature(model, x, jacobian_space="pixel")
+    assert pixel == pytest.approx(1.0 / float(torch.linalg.svdvals(_jac(model, x)).mean()), rel=1e-9)
+    assert abs(pixel - want) > 0.05 * want
+
+
+def test_njs_without_normalize_is_the_same_in_both_spaces() -> None:
+    model = _relu_net()
+    x = torch.rand(6, 1, 4, 4, dtype=torch.float64)
+    assert njs_temperature(model, x) == njs_temperature(model, x, jacobian_space="pixel")
+
+
+def test_njs_grey_normalize_scales_beta1_by_one_over_std() -> None:
+    from bnnrobust.models import Normalize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Normalize((0.286,), (0.353,)), _relu_net()).double()
+    x = torch.rand(6, 1, 4, 4, dtype=torch.float64)
+    ratio = njs_temperature(model, x) / njs_temperature(model, x, jacobian_space="pixel")
+    assert ratio == pytest.approx(1 / 0.353, rel=1e-6)  # std stored as float32
+
+
+def test_njs_jacobian_space_is_validated_and_named() -> None:
+    with pytest.raises(ValueError, match="'normalized'.*'pixel'"):
+        NJS(jacobian_space="pixels")
+    assert NJS(jacobian_space="pixel").name == "njs_pixel"
+    assert make_temperature({"name": "njs", "jacobian_space": "pixel"}).describe()["jacobian_space"] == "pixel"

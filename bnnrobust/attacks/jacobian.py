@@ -19,6 +19,12 @@ PyTorch's inference kernel, equal to it up to float rounding) instead of calling
 multiply rather than ``native_batch_norm_backward``, about 1.2x faster Jacobians on CPU
 (``benchmarks/bench_jsv.py``). The modules are restored on exit; training-mode BatchNorm is
 never touched.
+
+Jacobians are taken with respect to the model's input, [0, 1] pixels. NJS and the JSV
+statistics follow the authors' convention, the Jacobian with respect to the *normalized*
+input (the tensor after the model's :class:`~bnnrobust.models.Normalize`):
+:func:`to_jacobian_space` turns one into the other, ``J_normalized = J_pixel · std`` per
+channel. A model without ``Normalize`` gives the same Jacobian in both spaces.
 """
 
 from __future__ import annotations
@@ -26,8 +32,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
+
+from bnnrobust.models.normalize import Normalize
+
+#: the input a Jacobian is taken with respect to: after the model's Normalize, or the pixels
+JacobianSpace = Literal["normalized", "pixel"]
+JACOBIAN_SPACES: tuple[str, ...] = ("normalized", "pixel")
 
 _PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -252,3 +266,40 @@ def jacobian_singular_values(
     jac = input_jacobian(model, x, num_classes=num_classes, chunk_size=chunk_size, method=method)
     sv = singular_values_from_gram(gram_from_jacobian(jac), jac.shape[-1])
     return sv.to(x.dtype)
+
+
+def check_jacobian_space(space: str) -> str:
+    """Return ``space`` if it is one of :data:`JACOBIAN_SPACES`, else raise naming it."""
+    if space not in JACOBIAN_SPACES:
+        raise ValueError(
+            f"Unknown Jacobian space {space!r}; accepted: 'normalized' (with respect to the "
+            "tensor after the model's Normalize, the authors' convention) or 'pixel' (with "
+            "respect to the [0, 1] image)."
+        )
+    return space
+
+
+def input_normalize(model: nn.Module) -> Normalize | None:
+    """The model's first :class:`~bnnrobust.models.Normalize` module, or None."""
+    return next((m for m in model.modules() if isinstance(m, Normalize)), None)
+
+
+def to_jacobian_space(jac: Tensor, model: nn.Module, space: str) -> Tensor:
+    """Pixel-space Jacobians (B, d, N) of ``model`` → Jacobians in ``space``.
+
+    ``"pixel"`` returns ``jac``; ``"normalized"`` multiplies each input column by the std of
+    its channel (``∂f/∂x̂ = ∂f/∂x · std`` for ``x̂ = (x − mean)/std``), inputs laid out
+    (C, H, W) as the images are. A model without ``Normalize`` is returned unchanged.
+    """
+    check_jacobian_space(space)
+    norm = input_normalize(model) if space == "normalized" else None
+    if norm is None:
+        return jac
+    std = norm.std.flatten().to(device=jac.device, dtype=jac.dtype)
+    c, n = std.numel(), jac.shape[-1]
+    if n % c:
+        raise ValueError(
+            f"The model's Normalize has {c} channels but the input has N={n} values per sample, "
+            "not a multiple of it."
+        )
+    return jac * std.repeat_interleave(n // c)

@@ -49,9 +49,11 @@ from torch import Tensor, nn
 
 from bnnrobust.attacks.base import check_labels, check_positive, eval_mode
 from bnnrobust.attacks.jacobian import (
+    check_jacobian_space,
     gram_from_jacobian,
     input_jacobian_and_logits,
     singular_values_from_gram,
+    to_jacobian_space,
 )
 
 __all__ = [
@@ -140,20 +142,30 @@ def _check_n(name: str, value: int) -> int:
 
 
 def njs_temperature(
-    model: nn.Module, x_ref: Tensor, n_jsv: int = 100, *, chunk_size: int = 32
+    model: nn.Module,
+    x_ref: Tensor,
+    n_jsv: int = 100,
+    *,
+    chunk_size: int = 32,
+    jacobian_space: str = "normalized",
 ) -> float:
     """NJS's ``β1 = 1 / μ``, μ the mean singular value of ``J(x_i)`` over ``x_ref[:n_jsv]``.
 
+    ``jacobian_space="normalized"`` (default, the authors' convention) takes J with respect to
+    the tensor after the model's ``Normalize``; ``"pixel"`` with respect to the [0, 1] image
+    (β1 smaller by the std for one channel). Without a ``Normalize`` both give the same value.
     The model is put in eval mode for the computation (each submodule's flag is restored).
     All ``min(d, N)`` singular values of every sample are averaged. A model whose Jacobian is
     zero everywhere on ``x_ref`` gives β1 = 1 (with a warning): no scaling can help it.
     """
     _check_n("n_jsv", n_jsv)
+    check_jacobian_space(jacobian_space)
     if x_ref.shape[0] == 0:
         raise ValueError("njs_temperature needs at least one reference sample, got an empty batch.")
     x_ref = x_ref[:n_jsv].detach()
     with eval_mode(model):
         jac, _ = input_jacobian_and_logits(model, x_ref, chunk_size=chunk_size)
+    jac = to_jacobian_space(jac, model, jacobian_space)
     sv = singular_values_from_gram(gram_from_jacobian(jac), jac.shape[-1])
     mu = float(sv.mean())
     if not math.isfinite(mu):
@@ -214,6 +226,8 @@ class NJS(Temperature):
         n_jsv: number of clean samples whose Jacobian singular values define β1.
         rho: lower bound on ``1 − p_y`` targeted by β2 (0 < ρ < (d−1)/d).
         chunk_size: samples per Jacobian forward (memory ∝ ``chunk_size * d``).
+        jacobian_space: ``"normalized"`` (default: J with respect to the tensor after the
+            model's ``Normalize``, as the authors' code does) or ``"pixel"`` ([0, 1] image).
 
     β1 is found once and remembered. :meth:`calibrate` sets it explicitly (e.g. on the first
     ``n_jsv`` samples of the evaluation set) and it then stays fixed until :meth:`reset`.
@@ -226,13 +240,24 @@ class NJS(Temperature):
 
     name = "njs"
 
-    def __init__(self, n_jsv: int = 100, rho: float = 0.01, *, chunk_size: int = 32) -> None:
+    def __init__(
+        self,
+        n_jsv: int = 100,
+        rho: float = 0.01,
+        *,
+        chunk_size: int = 32,
+        jacobian_space: str = "normalized",
+    ) -> None:
         self.n_jsv = _check_n("n_jsv", n_jsv)
+        self.jacobian_space = check_jacobian_space(jacobian_space)
         if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0.0 < rho < 0.5:
             raise ValueError(f"NJS rho must be a number in (0, 0.5), got {rho!r}.")
         self.rho = float(rho)
-        #: ``"njs"``; ``"njs_rho<ρ>"`` for a non-default ρ, so attack names stay distinct
+        #: ``"njs"``; ``"njs_rho<ρ>"`` for a non-default ρ, ``"..._pixel"`` for pixel-space J,
+        #: so attack names stay distinct
         self.name = "njs" if self.rho == 0.01 else f"njs_rho{self.rho:g}"
+        if self.jacobian_space == "pixel":
+            self.name += "_pixel"
         self.chunk_size = _check_n("chunk_size", chunk_size)
         self.beta1: float | None = None
         self._auto_model: weakref.ref[nn.Module] | None = None
@@ -240,7 +265,8 @@ class NJS(Temperature):
 
     def calibrate(self, model: nn.Module, x_ref: Tensor) -> float:
         """Set β1 from ``x_ref[:n_jsv]`` (clean samples); kept until :meth:`reset`."""
-        self.beta1 = njs_temperature(model, x_ref, self.n_jsv, chunk_size=self.chunk_size)
+        self.beta1 = njs_temperature(model, x_ref, self.n_jsv, chunk_size=self.chunk_size,
+                                     jacobian_space=self.jacobian_space)
         self._auto_model = None
         self._auto_key = None
         return self.beta1
@@ -261,7 +287,8 @@ class NJS(Temperature):
                 return
             if self._auto_model() is model and self._auto_key == _param_versions(model):
                 return
-        self.beta1 = njs_temperature(model, x, self.n_jsv, chunk_size=self.chunk_size)
+        self.beta1 = njs_temperature(model, x, self.n_jsv, chunk_size=self.chunk_size,
+                                     jacobian_space=self.jacobian_space)
         self._auto_model = weakref.ref(model)
         self._auto_key = _param_versions(model)
 
@@ -280,7 +307,8 @@ class NJS(Temperature):
         return z * beta2.to(z.dtype)[:, None], (beta1 * beta2.to(beta1.dtype)).detach()
 
     def describe(self) -> dict[str, object]:
-        return {"name": "njs", "n_jsv": self.n_jsv, "rho": self.rho, "beta1": self.beta1}
+        return {"name": "njs", "n_jsv": self.n_jsv, "rho": self.rho,
+                "jacobian_space": self.jacobian_space, "beta1": self.beta1}
 
 
 def _param_versions(model: nn.Module) -> tuple[int, ...]:

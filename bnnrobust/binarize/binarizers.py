@@ -79,7 +79,7 @@ class Binarizer(nn.Module):
         """Clip latent weights/biases of layers using this binarizer to [-1, 1], in place."""
         for layer in _layers_of(self, model_or_modules):
             cast(Tensor, layer.weight).clamp_(-1.0, 1.0)
-            if getattr(layer, "bias", None) is not None:
+            if getattr(layer, "bias", None) is not None and getattr(layer, "binarize_bias", True):
                 cast(Tensor, layer.bias).clamp_(-1.0, 1.0)
 
     def extra_repr(self) -> str:

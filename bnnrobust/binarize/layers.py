@@ -3,6 +3,7 @@
 ``BinaryConv2d`` and ``BinaryLinear`` keep the latent weight in ``weight`` and the latent bias
 in ``bias`` (both binarized, as the authors' BNN-WQ does for every weight and bias), so an
 optimizer updates latents while the forward uses ``binarizer.quantize(latent, training)``.
+``binarize_bias=False`` keeps the bias a float parameter (not binarized, not clipped).
 ``SignActivation`` is Hubara's sign activation with a selectable attack-time surrogate.
 """
 
@@ -44,21 +45,26 @@ class _BinaryMixin:
     """What BinaryConv2d and BinaryLinear share: a binarizer and the used weight/bias."""
 
     binarizer: Binarizer
+    #: False keeps the bias float (used as is, never clipped); True binarizes it like the weight
+    binarize_bias: bool
 
     def used_weight(self: _LatentLayer) -> Tensor:
         """The weight the forward uses now (±1 in eval for any binary binarizer)."""
         return self.binarizer.quantize(self.weight, self.training)
 
     def used_bias(self: _LatentLayer) -> Tensor | None:
-        """The bias the forward uses now (binarized like the weight), or None."""
-        return None if self.bias is None else self.binarizer.quantize(self.bias, self.training)
+        """The bias the forward uses now (binarized like the weight unless ``binarize_bias``
+        is False), or None."""
+        if self.bias is None or not self.binarize_bias:
+            return self.bias
+        return self.binarizer.quantize(self.bias, self.training)
 
 
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     """``nn.Conv2d`` whose weight and bias are binarized by ``binarizer`` at every forward.
 
     Same arguments as :class:`torch.nn.Conv2d` plus ``binarizer`` (a shared
-    :class:`Binarizer`, default :class:`NoBinarizer`).
+    :class:`Binarizer`, default :class:`NoBinarizer`) and ``binarize_bias`` (False: float bias).
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         bias: bool = True,
         padding_mode: _PaddingMode = "zeros",
         binarizer: Binarizer | None = None,
+        binarize_bias: bool = True,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -90,6 +97,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
             dtype=dtype,
         )
         self.binarizer = binarizer if binarizer is not None else NoBinarizer()
+        self.binarize_bias = bool(binarize_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.used_weight(), self.used_bias())
@@ -125,11 +133,13 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         out_features: int,
         bias: bool = True,
         binarizer: Binarizer | None = None,
+        binarize_bias: bool = True,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.binarizer = binarizer if binarizer is not None else NoBinarizer()
+        self.binarize_bias = bool(binarize_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.used_weight(), self.used_bias())

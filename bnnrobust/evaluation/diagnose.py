@@ -637,6 +637,14 @@ class _Runner:
         margin = max(t["beats_margin"], noise)
         summary = (f"{_pct(rho_sat)} of correct samples have p_y > 1 − ρ (ρ = {self.rho:g}), "
                    f"{_pct(float_sat)} have ∂ℓ/∂logits = 0 in float{pp}.")
+        if "pgd_acc" in ev:
+            from bnnrobust.evaluation.report import weaker_temperature_notes
+
+            notes = weaker_temperature_notes(
+                {"pgd": 100 * ev["pgd_acc"], "pgd++hns": 100 * ev["pgd++hns_acc"]},
+                min_gap=100 * margin)
+            ev["pgd++_weaker"] = bool(notes)
+            summary += "".join(f" {note[0].upper()}{note[1:]}" for note in notes)
         if float_sat > t["saturation_fail"] or gain > margin:
             return CheckResult("softmax_saturation", "fail", summary, ev, [REC_PGDPP])
         if float_sat > t["saturation_warn"] or gain > max(t["beats_margin"], noise / 2):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,33 @@ def to_json_dict(result: EvalResult, **extra: Any) -> dict[str, Any]:
     body["versions"] = versions()
     body.update(extra)
     return body
+
+
+def weaker_temperature_notes(accs: Mapping[str, float], *, unit: str = " %",
+                             min_gap: float = 0.0) -> list[str]:
+    """One sentence per ``X++rule`` attack that is weaker than plain ``X`` on the same images.
+
+    ``accs`` maps attack names (``"pgd"``, ``"pgd++njs"``, ...) to adversarial accuracies;
+    a tempered attack whose accuracy exceeds its base's by more than ``min_gap`` is named:
+    its temperature lowered the gradient signal (typically β < 1 on a network whose softmax
+    is not saturated), so PGD's own result is the stronger one there.
+    """
+    notes = []
+    for name, acc in accs.items():
+        base, sep, rule = name.partition("++")
+        if not sep or base not in accs or not acc > accs[base] + min_gap:
+            continue
+        notes.append(
+            f"{name} is weaker than {base} ({acc:.1f}{unit} vs {accs[base]:.1f}{unit}): the "
+            f"temperature ({rule}) lowered the gradient signal on this network instead of "
+            f"restoring it; {base}'s number is the one to report, and this gap is no sign of "
+            "gradient masking by softmax saturation."
+        )
+    return notes
+
+
+def _notes(result: EvalResult) -> list[str]:
+    return weaker_temperature_notes({n: r.adv_acc for n, r in result.attacks.items()})
 
 
 def _beta(stats: Any) -> str:
@@ -96,6 +124,7 @@ def format_table(result: EvalResult, title: str | None = None) -> str:
                                for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
+    lines += [f"note: {note}" for note in _notes(result)]
     return "\n".join(lines)
 
 
@@ -109,6 +138,9 @@ def markdown_table(result: EvalResult, title: str | None = None) -> str:
     lines.append("|---|---:|---:|---|---|")
     for row in _rows(result):
         lines.append("| " + " | ".join(row) + " |")
+    notes = _notes(result)
+    if notes:
+        lines += [""] + [f"* {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 

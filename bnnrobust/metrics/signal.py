@@ -44,6 +44,7 @@ from bnnrobust.attacks.jacobian import (
     gram_from_jacobian,
     input_jacobian_and_logits,
     singular_values_from_gram,
+    to_jacobian_space,
 )
 
 if TYPE_CHECKING:
@@ -393,7 +394,9 @@ def _as_beta(name: str, beta: float | Tensor, batch: int, device: torch.device) 
 HNS = "hns"
 
 
-def default_betas(model: nn.Module, x: Tensor, *, n_jsv: int = 100) -> dict[str, float | str]:
+def default_betas(
+    model: nn.Module, x: Tensor, *, n_jsv: int = 100, jacobian_space: str = "normalized"
+) -> dict[str, float | str]:
     """The paper's three variants: β = 1, NJS β1 (first ``n_jsv`` samples of ``x``), HNS β*.
 
     NJS is β1 = 1/mean JSV only (no per-step ρ correction β2, which depends on the attack
@@ -402,7 +405,8 @@ def default_betas(model: nn.Module, x: Tensor, *, n_jsv: int = 100) -> dict[str,
     """
     from bnnrobust.attacks.temperature import njs_temperature
 
-    return {"original": 1.0, "njs": float(njs_temperature(model, x[:n_jsv], n_jsv=n_jsv)), "hns": HNS}
+    beta1 = njs_temperature(model, x[:n_jsv], n_jsv=n_jsv, jacobian_space=jacobian_space)
+    return {"original": 1.0, "njs": float(beta1), "hns": HNS}
 
 
 def signal_sums(
@@ -415,6 +419,7 @@ def signal_sums(
     n_jsv: int = 100,
     n_grid: int = 100,
     jacobian: tuple[Tensor, Tensor] | None = None,
+    jacobian_space: str = "normalized",
 ) -> SignalSums:
     """Additive signal-propagation sums of one batch (see :func:`signal_propagation`).
 
@@ -425,6 +430,12 @@ def signal_sums(
     ``jacobian``: ``(J, logits)`` of ``x`` already computed by
     :func:`bnnrobust.attacks.jacobian.input_jacobian_and_logits` (model in eval mode), to
     share one Jacobian with other computations (e.g. NJS's β1); not recomputed then.
+
+    ``jacobian_space``: the singular values (``jsv*``) and the default NJS β1 use J with
+    respect to the tensor after the model's ``Normalize`` (``"normalized"``, the authors'
+    convention, so Table 12 compares with the paper) or the [0, 1] image (``"pixel"``).
+    Gradient norms stay per pixel unit; HNS's β* uses the pixel-space J (for one input
+    channel its argmax is the same in both spaces).
     """
     if x.dim() < 2 or y.shape != x.shape[:1]:
         raise ValueError(f"x must be a batch (B, ...) and y of shape (B,); got {tuple(x.shape)} and "
@@ -433,7 +444,8 @@ def signal_sums(
         x = x.detach().clone()
         y = y.detach().clone().long()
         if betas is None:
-            betas = default_betas(model, x, n_jsv=n_jsv) if x.shape[0] else {"original": 1.0}
+            betas = (default_betas(model, x, n_jsv=n_jsv, jacobian_space=jacobian_space)
+                     if x.shape[0] else {"original": 1.0})
         if not betas:
             raise ValueError("betas must name at least one variant, e.g. {'original': 1.0}.")
         b = x.shape[0]
@@ -474,7 +486,7 @@ def signal_sums(
         if not bool(keep.any()):
             return sums
 
-        jac, xk, yk = jac[keep], x[keep], y[keep]
+        jac, xk, yk = to_jacobian_space(jac[keep], model, jacobian_space), x[keep], y[keep]
         k = int(keep.sum())
         # singular values of J per sample, from the d×d Gram matrix (nan where J is not finite)
         sv = torch.full((k, min(d, n_in)), math.nan, dtype=torch.float64, device=x.device)
@@ -521,6 +533,7 @@ def signal_propagation(
     chunk_size: int = 32,
     n_jsv: int = 100,
     n_grid: int = 100,
+    jacobian_space: str = "normalized",
 ) -> SignalStats:
     """Signal-propagation statistics over the correctly classified samples of ``(x, y)``.
 
@@ -535,6 +548,8 @@ def signal_propagation(
         chunk_size: samples per Jacobian forward (memory grows with ``chunk_size * d``).
         n_jsv: reference samples of NJS when ``betas`` is None.
         n_grid: HNS grid size for ``"hns"`` variants.
+        jacobian_space: singular values of J with respect to the tensor after the model's
+            ``Normalize`` (``"normalized"``, the authors' convention) or the image (``"pixel"``).
 
     Returns:
         :class:`SignalStats`; ``format_table(stats)`` prints Table 12. Every non-finite metric
@@ -544,7 +559,7 @@ def signal_propagation(
     :meth:`SignalSums.all_reduce`) and call :meth:`SignalSums.finalize` once.
     """
     stats = signal_sums(model, x, y, betas, chunk_size=chunk_size, n_jsv=n_jsv,
-                        n_grid=n_grid).finalize()
+                        n_grid=n_grid, jacobian_space=jacobian_space).finalize()
     for note in stats.warnings:
         warnings.warn(note, RuntimeWarning, stacklevel=2)
     return stats

@@ -33,6 +33,9 @@ class BaseNet(nn.Module):
         keep_first_last: bool,
         mean: Sequence[float] | None,
         std: Sequence[float] | None,
+        *,
+        affine_bn: bool | None = None,
+        float_bias: bool = False,
     ) -> LayerFactory:
         name = type(self).__name__
         check_common_args(name, num_classes, in_channels, width)
@@ -40,7 +43,7 @@ class BaseNet(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.width = float(width)
-        factory = LayerFactory(binarizer, keep_first_last)
+        factory = LayerFactory(binarizer, keep_first_last, affine_bn, float_bias)
         self.keep_first_last = bool(keep_first_last)
         return factory
 

@@ -4,7 +4,9 @@
 model gets: float ``nn.Conv2d``/``nn.Linear``/``ReLU`` and affine BatchNorm for the float
 reference (``binarizer="none"``); :class:`BinaryConv2d`/:class:`BinaryLinear` sharing the
 binarizer and **affine=False BatchNorm** for every binarized model (the authors' BNN-WQ);
-:class:`SignActivation` instead of ReLU/ReLU6 for ``hubara``.
+:class:`SignActivation` instead of ReLU/ReLU6 for ``hubara``. Two named options depart from
+the authors' BNN-WQ on request: ``affine_bn=True`` (learned BatchNorm scale and shift) and
+``float_bias=True`` (biases of binary layers stay float).
 """
 
 from __future__ import annotations
@@ -68,13 +70,22 @@ class LayerFactory:
     Args:
         binarizer: name, instance, class path or class_path dict (see ``make_binarizer``).
         keep_first_last: build the layers requested with ``first_or_last=True`` as float.
+        affine_bn: BatchNorm with a learned scale and shift; None = the paper's choice
+            (affine for the float reference, ``affine=False`` for a binarized model).
+        float_bias: keep the biases of binary layers float (not binarized, not clipped).
     """
 
     def __init__(
-        self, binarizer: str | Binarizer | dict | None, keep_first_last: bool = False
+        self,
+        binarizer: str | Binarizer | dict | None,
+        keep_first_last: bool = False,
+        affine_bn: bool | None = None,
+        float_bias: bool = False,
     ) -> None:
         self.binarizer = make_binarizer(binarizer)
         self.keep_first_last = bool(keep_first_last)
+        self.affine_bn = (not self.binarizer.is_binary) if affine_bn is None else bool(affine_bn)
+        self.float_bias = bool(float_bias)
 
     @property
     def binary(self) -> bool:
@@ -108,6 +119,7 @@ class LayerFactory:
             groups=groups,
             bias=bias,
             binarizer=self.binarizer,
+            binarize_bias=not self.float_bias,
         )
 
     def linear(
@@ -115,15 +127,18 @@ class LayerFactory:
     ) -> nn.Linear:
         if self._float(first_or_last):
             return nn.Linear(in_features, out_features, bias=bias)
-        return BinaryLinear(in_features, out_features, bias=bias, binarizer=self.binarizer)
+        return BinaryLinear(
+            in_features, out_features, bias=bias, binarizer=self.binarizer,
+            binarize_bias=not self.float_bias,
+        )
 
     def bn2d(self, channels: int) -> nn.BatchNorm2d:
-        """BatchNorm2d, ``affine=False`` when the model is binarized."""
-        return nn.BatchNorm2d(channels, affine=not self.binary)
+        """BatchNorm2d; ``affine=False`` when the model is binarized, unless ``affine_bn``."""
+        return nn.BatchNorm2d(channels, affine=self.affine_bn)
 
     def bn1d(self, features: int) -> nn.BatchNorm1d:
-        """BatchNorm1d, ``affine=False`` when the model is binarized."""
-        return nn.BatchNorm1d(features, affine=not self.binary)
+        """BatchNorm1d; ``affine=False`` when the model is binarized, unless ``affine_bn``."""
+        return nn.BatchNorm1d(features, affine=self.affine_bn)
 
     def act(self, kind: str = "relu") -> nn.Module:
         """``ReLU``/``ReLU6`` (``kind="relu6"``), or ``SignActivation`` for Hubara."""

@@ -7,6 +7,7 @@ one import line in ``bnnrobust/models/__init__.py``.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -73,8 +74,9 @@ def create_model(
         keep_first_last: keep the first conv and the last linear float.
         mean, std: per-channel normalization in [0, 1] pixel units; when given, a
             ``Normalize`` module is the model's first module (inputs stay in [0, 1]).
-        **binarizer_args: binarizer arguments (e.g. ``growth=1.02, interval=200``); ones the
-            binarizer does not take raise ``ValueError``.
+        **binarizer_args: arguments of the architecture itself (e.g. ConvNet's ``hidden``,
+            ``affine_bn``, ``float_bias``), then binarizer arguments (e.g. ``growth=1.02,
+            interval=200``); ones that neither takes raise ``ValueError``.
     """
     key = str(name).strip().lower().replace("-", "_")
     if key not in MODEL_REGISTRY:
@@ -88,8 +90,13 @@ def create_model(
         raise ValueError(
             f"create_model({name!r}): width must be a finite number > 0, got {width!r}."
         )
+    cls = MODEL_REGISTRY[key]
+    own = set(inspect.signature(cls).parameters) - {
+        "num_classes", "in_channels", "width", "binarizer", "keep_first_last", "mean", "std"}
+    model_args = {k: binarizer_args.pop(k) for k in list(binarizer_args) if k in own}
     bin_ = make_binarizer(binarizer, **binarizer_args)
-    return MODEL_REGISTRY[key](
+    return cls(
+        **model_args,
         num_classes=num_classes,
         in_channels=in_channels,
         width=width,

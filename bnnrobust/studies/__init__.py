@@ -1,0 +1,1 @@
+"""Studies built on bnnrobust: each module trains, measures and reports one question."""
