@@ -62,7 +62,8 @@ def build_parser() -> Any:
         "(eps in [0, 1] pixel units, accuracies in percent), written as JSON and Markdown."),
         default_env=False)
     p.add_argument("--config", action=ActionConfigFile, help="Evaluation YAML (configs/eval/*.yaml).")
-    p.add_argument("--ckpt", type=str | None, default=None, help="Checkpoint written by train.py.")
+    p.add_argument("--ckpt", type=str | None, default=None,
+                   help="Checkpoint written by train.py, or zoo:NAME (bnnrobust.zoo).")
     p.add_argument("--train_config", type=str | None, default=None,
                    help="Training YAML to rebuild the model (else the checkpoint's hyperparameters).")
     p.add_argument("--attacks", type=list[str | dict[str, Any]] | str | None, default="paper",
@@ -199,8 +200,12 @@ def _load_source_model(path: str) -> torch.nn.Module:
     from bnnrobust.evaluation.checkpoint import CheckpointError, load_system
 
     try:
+        if path.startswith("zoo:"):
+            from bnnrobust import zoo
+
+            return zoo.load(path)
         system, _ = load_system(path)
-    except CheckpointError as err:
+    except (CheckpointError, RuntimeError) as err:
         raise EvalError(f"The transfer source {path!r} cannot be loaded: {err}") from None
     net = getattr(system, "model", None)
     return (net if isinstance(net, torch.nn.Module) else system).eval()
@@ -272,13 +277,23 @@ def run(cfg: Any) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", torch.cuda.current_device())
-    system, datamodule = load_system(cfg.ckpt, cfg.train_config, data_overrides=cfg.data)
+    ckpt_file = Path(cfg.ckpt)
+    if str(cfg.ckpt).startswith("zoo:"):
+        from bnnrobust import zoo
+
+        try:
+            ckpt_file = zoo.path(cfg.ckpt)
+        except zoo.ZooError as err:
+            raise EvalError(str(err)) from None
+    system, datamodule = load_system(ckpt_file, cfg.train_config, data_overrides=cfg.data)
     net = getattr(system, "model", None)
     model: torch.nn.Module = net if isinstance(net, torch.nn.Module) else system
     dataset = _dataset_name(system, datamodule, cfg.dataset)
     attacks = resolve_attacks(cfg.attacks, dataset)
     data = _split_data(datamodule, cfg.split)
-    out_json = Path(cfg.output) if cfg.output else run_dir_of(cfg.ckpt) / "eval" / "results.json"
+    run_dir = (Path("logs") / str(cfg.ckpt).removeprefix("zoo:") if str(cfg.ckpt).startswith("zoo:")
+               else run_dir_of(ckpt_file))
+    out_json = Path(cfg.output) if cfg.output else run_dir / "eval" / "results.json"
     result = evaluate(model, data, attacks, n=cfg.n, seed=cfg.seed, device=device,
                       progress=cfg.progress, batch_size=cfg.batch_size, save_adv=cfg.save_adv)
     extra: dict[str, Any] = {"checkpoint": str(cfg.ckpt), "dataset": dataset, "split": cfg.split}
@@ -331,7 +346,7 @@ def run(cfg: Any) -> dict[str, Any]:
         print("\n" + diag.format())
     body: dict[str, Any] = {}
     if rank == 0:
-        title = f"{Path(cfg.ckpt).name} ({dataset}, {cfg.split})"
+        title = f"{run_dir.name}: {ckpt_file.name} ({dataset}, {cfg.split})"
         body = write_reports(result, out_json, title=title,
                              markdown_extra="\n\n".join(md_extra) or None, **extra)
         print(format_table(result, title))
