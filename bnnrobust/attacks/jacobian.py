@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-
 from typing import Literal
 
 import torch

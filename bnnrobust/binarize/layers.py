@@ -40,6 +40,9 @@ class _LatentLayer(Protocol):
     @property
     def binarizer(self) -> Binarizer: ...
 
+    @property
+    def binarize_bias(self) -> bool: ...
+
 
 class _BinaryMixin:
     """What BinaryConv2d and BinaryLinear share: a binarizer and the used weight/bias."""

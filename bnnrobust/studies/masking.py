@@ -27,9 +27,10 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -176,7 +177,10 @@ def evaluate_checkpoint(ckpt: Path, x: torch.Tensor, y: torch.Tensor, *,
     from bnnrobust.metrics.signal import signal_sums
 
     system, _ = load_system(ckpt)
-    model = system.model if hasattr(system, "model") else system
+    net = getattr(system, "model", system)
+    if not isinstance(net, torch.nn.Module):
+        raise StudyError(f"{ckpt}: the system has no network module.")
+    model: torch.nn.Module = net
     over = {} if steps is None else {"steps": steps}
     attacks = {name: build_attack(name, dataset="fmnist", **over) for name in ATTACKS}
     res = evaluate(model, (x, y), attacks, seed=0, progress=False)
@@ -211,7 +215,9 @@ def test_images(n: int, *, synthetic: bool = False) -> tuple[torch.Tensor, torch
     dm.prepare_data()
     dm.setup("test")
     ds = dm.test_set
-    n = min(n, len(ds))
+    if ds is None:
+        raise StudyError("The data module has no test set.")
+    n = min(n, len(cast(Sized, ds)))
     xs, ys = zip(*(ds[i] for i in range(n)), strict=True)
     return torch.stack(xs), torch.as_tensor(ys)
 
