@@ -297,7 +297,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xticks([1, 2, 5, 10], labels=["1", "2", "5", "10"])
-    ax.set_xlabel("training epochs (60k Fashion-MNIST images each)")
+    ax.set_xlabel("training epochs (55k Fashion-MNIST training images each)")
     ax.set_ylabel("PGD − best PGD++ accuracy (points)")
     ax.set_title("Fake robustness exposed by PGD++ (ConvNet, eps 0.1 L∞)")
     ax.legend(fontsize=8)
