@@ -221,3 +221,19 @@ def test_ddp_two_processes_log_the_single_process_values(tmp_path: Path) -> None
                 tag, a, b)
     # the attacks did something, so equality is not trivial
     assert single["robust/pgd_acc"][-1] < single["robust/clean_acc"][-1]
+
+
+def test_a_tempered_attack_weaker_than_its_base_is_named(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    # β = 1e-45 makes every logit (and its gradient) underflow to zero: the tempered PGD
+    # keeps its random start, so it is weaker than plain PGD
+    tiny = {"name": "pgd", "steps": 2, "eps": 0.2, "step_size": 0.1,
+            "temperature": {"name": "fixed", "beta": 1e-45}}
+    monitor = RobustnessMonitor(num_samples=16, batch_size=16, signal_samples=8,
+                                attacks=[ATTACKS[0], tiny], histogram=False, hessian_figure=False)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1, num_sanity_val_steps=0)
+    with pytest.warns(UserWarning, match=r"pgd\+\+beta1e-45 is weaker than pgd"):
+        trainer.fit(make_system(lr=0.05), make_data())
+    m = monitor.last_metrics
+    assert m["robust/pgd++beta1e-45_acc"] > m["robust/pgd_acc"]
+    assert len(monitor.last_notes) == 1 and "lowered the gradient signal" in monitor.last_notes[0]
