@@ -67,6 +67,9 @@ def sha256(file: Path) -> str:
 def path(name: str, root: str | Path = ZOO_DIR) -> Path:
     """The checkpoint file of ``name`` (``"zoo:"`` prefix allowed), after its checksum matched."""
     info = entry(name, root)
+    if Path(str(info.get("file", ""))).name != info.get("file") or not str(info["file"]).endswith(".ckpt"):
+        raise ZooError(f"Zoo model {name!r}: the manifest names the file {info.get('file')!r}; "
+                       "only a .ckpt file name inside the zoo folder is accepted.")
     file = Path(root) / info["file"]
     if not file.is_file():
         raise ZooError(f"Zoo model {name!r}: its file {file} is missing.")
@@ -84,6 +87,9 @@ def load(name: str, root: str | Path = ZOO_DIR, map_location: str | torch.device
     system, _ = load_system(path(name, root), map_location=map_location)
     model = getattr(system, "model", system)
     assert isinstance(model, nn.Module)
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ZooError(f"Zoo model {name!r}: tensor {key!r} holds non-finite values; not loaded.")
     return model.eval()
 
 

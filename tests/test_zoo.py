@@ -46,3 +46,31 @@ def test_checksum_mismatch_and_unknown_names_are_refused(tmp_path: Path) -> None
         zoo.load("fmnist_ref", root=root)
     with pytest.raises(zoo.ZooError, match="Unknown zoo model 'nope'; accepted: .*fmnist_ref"):
         zoo.path("nope")
+
+
+def test_manifest_cannot_point_outside_the_zoo(tmp_path: Path) -> None:
+    import json
+
+    root = tmp_path / "zoo"
+    shutil.copytree(zoo.ZOO_DIR, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["fmnist_ref"]["file"] = "../elsewhere/fmnist_ref.ckpt"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(zoo.ZooError, match="only a .ckpt file name inside the zoo folder"):
+        zoo.path("fmnist_ref", root=root)
+
+
+def test_non_finite_weights_are_refused(tmp_path: Path) -> None:
+    import json
+
+    root = tmp_path / "zoo"
+    shutil.copytree(zoo.ZOO_DIR, root)
+    ckpt = torch.load(root / "fmnist_ref.ckpt", weights_only=True)
+    key = next(k for k in ckpt["state_dict"] if k.endswith("weight"))
+    ckpt["state_dict"][key][0] = float("nan")
+    torch.save(ckpt, root / "fmnist_ref.ckpt")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["fmnist_ref"]["sha256"] = zoo.sha256(root / "fmnist_ref.ckpt")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(zoo.ZooError, match="non-finite values"):
+        zoo.load("fmnist_ref", root=root)
