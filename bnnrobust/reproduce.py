@@ -1,18 +1,21 @@
-"""The paper's findings, reproduced offline on Fashion-MNIST in under an hour on 2 CPU cores.
+"""The paper's findings, reproduced offline on Fashion-MNIST on 2 CPU cores.
 
-    python -m bnnrobust.reproduce --out results/fmnist            # the full run (~35-55 min)
+    python -m bnnrobust.reproduce --out results/fmnist            # the full run (~1.5-2 h)
+    python -m bnnrobust.reproduce --out results/fmnist --zoo      # reuse the zoo's networks (~1 h)
     python -m bnnrobust.reproduce --out /tmp/repro --quick        # toy size, ~1-2 min (tests)
     python -m bnnrobust.reproduce --out /tmp/repro --quick --synthetic   # no dataset needed
 
 What it does (every number comes from the project's own code paths):
 
-1. trains six small ConvNets with ``train.py``'s code (:func:`bnnrobust.training.main`) from
-   ``configs/reproduce/*.yaml``: REF (float), BNN-WQ (MD-tanh-S and BC), BNN-WAQ (Hubara),
-   and adversarially trained REF* and BNN-WQ* (:class:`bnnrobust.systems.AdversarialClassifier`);
+1. trains seven ConvNets with ``train.py``'s code (:func:`bnnrobust.training.main`): REF
+   (float), BNN-WQ (MD-tanh-S, BC, BC with a hidden FC layer) and BNN-WAQ (Hubara) from the
+   converged recipes of ``configs/fmnist/`` (``--zoo``: the zoo's checkpoints of those
+   recipes, checked against them), and adversarially trained REF* and BNN-WQ*
+   (:class:`bnnrobust.systems.AdversarialClassifier`, ``configs/reproduce/``);
 2. evaluates each on the first ``n_eval`` (1,000) test images with FGSM, FGSM++ (NJS, HNS),
    PGD L∞ and L2 and their ++ variants, PGD with the DLR loss, APGD-CE, APGD-DLR, Square, the
    transfer attack from REF, PGD with 20 restarts and the ``strongest`` cascade (APGD-T too
-   on BNN-WQ and BNN-WAQ, for the issue-9 check);
+   on BNN-WQ and BNN-WAQ, for the peer check);
 3. measures signal propagation (the paper's Table 12), accuracy-vs-eps sweeps (JSON + PNG) and
    PGD++ with varying ρ for NJS (Table 11) and Proposition 1's β (Table 13);
 4. checks, on BNN-WQ and BNN-WAQ, that the ``strongest`` cascade's accuracy is at most that of
@@ -67,7 +70,6 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs" / "reproduce"
 DEFAULT_MARKDOWN = REPO_ROOT / "docs" / "results.md"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -85,10 +87,13 @@ class ModelSpec:
     Attributes:
         key: short name, used in file names (``eval_<key>.json``) and run folders.
         label: the paper's name for it (table column).
-        config: training YAML in ``configs/reproduce/``.
+        config: training YAML, relative to the repository root (the converged recipes of
+            ``configs/fmnist/``, the adversarial trainings of ``configs/reproduce/``).
         family: ``"ref"`` (float), ``"wq"`` (binary weights) or ``"waq"`` (binary weights
             and activations).
         adversarial: trained with PGD adversarial training.
+        zoo: the model-zoo entry trained by ``train.py`` from the same recipe, reused instead
+            of training with ``--zoo`` (its checksum, architecture and epoch are checked).
     """
 
     key: str
@@ -96,21 +101,28 @@ class ModelSpec:
     config: str
     family: str
     adversarial: bool = False
+    zoo: str | None = None
 
 
 MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("ref", "REF", "ref.yaml", "ref"),
-    ModelSpec("wq_md_tanh_s", "BNN-WQ (MD-tanh-S)", "wq_md_tanh_s.yaml", "wq"),
-    ModelSpec("wq_bc", "BNN-WQ (BC)", "wq_bc.yaml", "wq"),
-    ModelSpec("waq_hubara", "BNN-WAQ (Hubara)", "waq_hubara.yaml", "waq"),
-    ModelSpec("adv_ref", "REF* (adv.)", "adv_ref.yaml", "ref", adversarial=True),
-    ModelSpec("adv_wq_md_tanh_s", "BNN-WQ* (adv., MD-tanh-S)", "adv_wq_md_tanh_s.yaml", "wq",
-              adversarial=True),
+    ModelSpec("ref", "REF", "configs/fmnist/convnet_ref.yaml", "ref", zoo="fmnist_ref"),
+    ModelSpec("wq_md_tanh_s", "BNN-WQ (MD-tanh-S)", "configs/fmnist/convnet_md_tanh_s.yaml", "wq",
+              zoo="fmnist_bnn_wq_md_tanh_s"),
+    ModelSpec("wq_bc", "BNN-WQ (BC)", "configs/fmnist/convnet_bc.yaml", "wq",
+              zoo="fmnist_bnn_wq_bc"),
+    ModelSpec("wq_bc_hidden", "BNN-WQ (BC, hidden FC)", "configs/fmnist/convnet_bc_hidden.yaml",
+              "wq", zoo="fmnist_bnn_wq_bc_hidden"),
+    ModelSpec("waq_hubara", "BNN-WAQ (Hubara)", "configs/fmnist/convnet_hubara.yaml", "waq",
+              zoo="fmnist_bnn_waq_hubara"),
+    ModelSpec("adv_ref", "REF* (adv.)", "configs/reproduce/adv_ref.yaml", "ref", adversarial=True),
+    ModelSpec("adv_wq_md_tanh_s", "BNN-WQ* (adv., MD-tanh-S)",
+              "configs/reproduce/adv_wq_md_tanh_s.yaml", "wq", adversarial=True),
 )
 _BY_KEY = {m.key: m for m in MODELS}
 REF_KEY = "ref"
 WQ_KEY = "wq_md_tanh_s"
 WAQ_KEY = "waq_hubara"
+WQ_HIDDEN_KEY = "wq_bc_hidden"
 
 #: (key in the eval JSON, row label) in table order; ``{S}``, ``{Q}``, ``{R}`` are filled in
 ATTACK_ROWS: tuple[tuple[str, str], ...] = (
@@ -166,15 +178,24 @@ class Settings:
     signal_n: int = 500
     sweep_n: int = 500
     sweep_eps: tuple[float, ...] = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2)
-    sweep_models: tuple[str, ...] = (REF_KEY, WQ_KEY, WAQ_KEY)
+    sweep_models: tuple[str, ...] = (REF_KEY, WQ_KEY, WQ_HIDDEN_KEY, WAQ_KEY)
     peer_check_models: tuple[str, ...] = (WQ_KEY, WAQ_KEY)
     rho_n: int = 500
     seed: int = 0
+    zoo: bool = False
+    clever_n: int = 10
+    clever_batches: int = 50
+    clever_batch_size: int = 10
+    clever_radius: float = 5.0
+    clever_models: tuple[str, ...] = (WQ_KEY, WAQ_KEY)
 
     @classmethod
-    def full(cls, synthetic: bool = False) -> Settings:
-        """The documented run: 20k/15k training images, 2 epochs, 1,000 test images."""
-        s = cls(profile="full", synthetic=synthetic)
+    def full(cls, synthetic: bool = False, zoo: bool = False) -> Settings:
+        """The documented run: the converged ``configs/fmnist/`` recipes (all 55k training
+        images, 10 epochs; the BC + hidden FC recipe 5), the adversarial trainings of
+        ``configs/reproduce/`` (15k images, 2 epochs), 1,000 test images. ``zoo``: reuse the
+        model zoo's checkpoints of the recipes instead of training them again."""
+        s = cls(profile="full", synthetic=synthetic, zoo=zoo)
         return replace(s, synthetic_samples=20000) if synthetic else s
 
     @classmethod
@@ -184,7 +205,8 @@ class Settings:
                    val_size=32, max_epochs=1, train_batch_size=64, width=0.25,
                    synthetic_samples=128, n_eval=16, batch_size=16, pgd_steps=2, apgd_steps=2,
                    square_queries=4, restarts=2, signal_n=8, sweep_n=16,
-                   sweep_eps=(0.0, 0.1), sweep_models=(REF_KEY, WQ_KEY), rho_n=16)
+                   sweep_eps=(0.0, 0.1), sweep_models=(REF_KEY, WQ_KEY), rho_n=16,
+                   clever_n=2, clever_batches=2, clever_batch_size=2)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -330,10 +352,10 @@ def calibrate(width: float) -> float:
 # -- training -------------------------------------------------------------------------------------
 def training_config(spec: ModelSpec, settings: Settings) -> dict[str, Any]:
     """The YAML of ``spec`` with the settings' overrides (subset, epochs, width, synthetic data)."""
-    path = CONFIG_DIR / spec.config
+    path = REPO_ROOT / spec.config
     if not path.is_file():
         raise ReproError(f"Training config {path} is missing; the reproduction needs "
-                         f"configs/reproduce/{spec.config} from the repository.")
+                         f"{spec.config} from the repository.")
     cfg = yaml.safe_load(path.read_text())
     data_args = cfg["data"].setdefault("init_args", {})
     subset = settings.adv_train_subset if spec.adversarial else settings.train_subset
@@ -353,6 +375,10 @@ def training_config(spec: ModelSpec, settings: Settings) -> dict[str, Any]:
     if settings.max_epochs is not None:
         trainer["max_epochs"] = int(settings.max_epochs)
     trainer.update({"accelerator": "cpu", "devices": 1})
+    # the reproduction attacks every network after training: the recipes' per-epoch
+    # robustness monitor would only cost time here
+    trainer["callbacks"] = [c for c in trainer.get("callbacks") or []
+                            if not str(c.get("class_path", "")).endswith("RobustnessMonitor")]
     if settings.profile == "quick":
         trainer["log_every_n_steps"] = 1
     if settings.width is not None:
@@ -380,6 +406,62 @@ def _ckpt_position(path: Path) -> tuple[int, int]:
     return int(ckpt.get("epoch", -1)), int(ckpt.get("global_step", -1))
 
 
+def _contains(got: Any, want: Any) -> bool:
+    """``want`` equals ``got``, or is a sub-dict of it (a recipe names only some arguments)."""
+    if isinstance(want, Mapping) and isinstance(got, Mapping):
+        return all(_contains(got.get(k), v) for k, v in want.items())
+    return bool(got == want)
+
+
+def _zoo_mismatch(ckpt: Mapping[str, Any], cfg: Mapping[str, Any], max_epochs: int) -> str | None:
+    """Why a zoo checkpoint was not trained by ``cfg`` (architecture, data, epochs), or None."""
+    want = (cfg["model"]["init_args"]["model"].get("init_args") or {})
+    want_cls = cfg["model"]["init_args"]["model"].get("class_path")
+    got_model = (ckpt.get("hyper_parameters") or {}).get("model") or {}
+    got = got_model.get("init_args") or {}
+    if got_model.get("class_path") != want_cls:
+        return f"network {got_model.get('class_path')!r}, the recipe builds {want_cls!r}"
+    for name, value in want.items():
+        if not _contains(got.get(name), value):
+            return f"{name} = {got.get(name)!r}, the recipe sets {value!r}"
+    data = (ckpt.get("datamodule_hyper_parameters") or {})
+    want_data = cfg["data"].get("init_args") or {}
+    if data.get("_class_path") != cfg["data"].get("class_path"):
+        return f"data {data.get('_class_path')!r}, the recipe uses {cfg['data'].get('class_path')!r}"
+    for name in ("train_subset", "val_size", "batch_size"):
+        if name in want_data and data.get(name) != want_data[name]:
+            return f"data {name} = {data.get(name)!r}, the recipe sets {want_data[name]!r}"
+    if int(ckpt.get("epoch", -1)) != max_epochs - 1:
+        return f"epoch {ckpt.get('epoch')}, the recipe ends at epoch {max_epochs - 1}"
+    return None
+
+
+def _reuse_zoo(ctx: Context, spec: ModelSpec, cfg: dict[str, Any], max_epochs: int,
+               cfg_path: Path) -> dict[str, Any]:
+    """Copy ``spec``'s zoo checkpoint (checksum verified) to its run folder as ``last.ckpt``."""
+    from bnnrobust import zoo
+
+    assert spec.zoo is not None
+    try:
+        src = zoo.path(spec.zoo)
+    except zoo.ZooError as err:
+        raise ReproError(f"--zoo: {err}") from None
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    why = _zoo_mismatch(ckpt, cfg, max_epochs)
+    if why is not None:
+        raise ReproError(f"--zoo: the zoo's {spec.zoo} was not trained by {spec.config} ({why}); "
+                         "run without --zoo to train it.")
+    dst = ctx.last_ckpt(spec.key)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    _log(f"  reused zoo:{spec.zoo} (SHA-256 verified, trained by {spec.config})")
+    ctx.forget(spec.key)
+    return {"epoch": int(ckpt["epoch"]), "global_step": int(ckpt.get("global_step", -1)),
+            "max_epochs": max_epochs, "metrics": zoo.entry(spec.zoo).get("metrics", {}),
+            "config": str(cfg_path), "source": f"zoo:{spec.zoo}",
+            "sha256": zoo.entry(spec.zoo)["sha256"]}
+
+
 def _train_stage(ctx: Context, spec: ModelSpec) -> Stage:
     cfg = training_config(spec, ctx.settings)
     cfg_path = ctx.out / "configs" / f"{spec.key}.yaml"
@@ -389,9 +471,11 @@ def _train_stage(ctx: Context, spec: ModelSpec) -> Stage:
         from bnnrobust.training import main as train_main
 
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
-        header = (f"# written by python -m bnnrobust.reproduce from configs/reproduce/{spec.config}"
+        header = (f"# written by python -m bnnrobust.reproduce from {spec.config}"
                   f" ({ctx.settings.profile} profile)\n")
         cfg_path.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+        if ctx.settings.zoo and spec.zoo is not None:
+            return _reuse_zoo(ctx, spec, cfg, max_epochs, cfg_path)
         args = ["--config", str(cfg_path), "--log_dir", str(ctx.out / "runs"),
                 "--run_name", spec.key, "--skip_test", "true",
                 "--seed_everything", str(ctx.settings.seed),
@@ -422,7 +506,8 @@ def _train_stage(ctx: Context, spec: ModelSpec) -> Stage:
             return f"{last} is at epoch {epoch}, expected {max_epochs - 1} (max_epochs {max_epochs})"
         return None
 
-    est = _train_units(spec, ctx.settings, cfg) * ctx.step_seconds + 20.0
+    est = (5.0 if ctx.settings.zoo and spec.zoo is not None
+           else _train_units(spec, ctx.settings, cfg) * ctx.step_seconds + 20.0)
     return Stage(f"train/{spec.key}", f"train {spec.label} ({spec.config})", est,
                  [ctx.last_ckpt(spec.key)], run_it, check=check)
 
@@ -548,7 +633,7 @@ def _signal_stage(ctx: Context) -> Stage:
         return {"models": len(MODELS)}
 
     est = len(MODELS) * ctx.settings.signal_n * 45 * ctx.step_seconds + 10.0
-    return Stage("signal", "signal propagation (paper Table 12) of all six networks", est,
+    return Stage("signal", f"signal propagation (paper Table 12) of all {len(MODELS)} networks", est,
                  [out, out.with_suffix(".md")], run_it, [f"train/{m.key}" for m in MODELS])
 
 
@@ -702,7 +787,7 @@ def _rho_tables(rho: Mapping[str, Any]) -> list[str]:
     return md
 
 
-# -- issue 9: strongest <= every peer -------------------------------------------------------------
+# -- the peer check: strongest <= every peer ---------------------------------------------------
 def peer_check(evals: Mapping[str, Mapping[str, Any]], models: Sequence[str]) -> dict[str, Any]:
     """For each model: is the ``strongest`` accuracy <= that of every peer attack alone?
 
@@ -761,7 +846,7 @@ def _peer_stage(ctx: Context) -> Stage:
                  f"-> {'OK' if entry['ok'] else 'VIOLATED' if entry['ok'] is False else 'incomplete'}")
         return {"ok": res["ok"]}
 
-    return Stage("peer_check", "issue 9: strongest <= every peer (BNN-WQ, BNN-WAQ)", 2.0, [out],
+    return Stage("peer_check", "peer check: strongest <= every peer (BNN-WQ, BNN-WAQ)", 2.0, [out],
                  run_it, [f"eval/{k}" for k in ctx.settings.peer_check_models])
 
 
@@ -831,7 +916,8 @@ def _drop_finding(evals: Mapping[str, Any], model: str, base: str, pluses: Seque
     best = min(vals)
     if b <= FLOOR_POINTS:
         return Finding(topic, claim, f"{b:.2f} → {best:.2f}: the plain attack already reaches "
-                       f"≤ {FLOOR_POINTS:g} % at this eps", paper, "not testable")
+                       f"≤ {FLOOR_POINTS:g} % at this eps (see the sweep rows at smaller eps and "
+                       "docs/masking_study.md)", paper, "not testable")
     drop = b - best
     ours = f"{b:.2f} → {best:.2f} ({drop:+.2f} points lower)" if drop >= 0 else \
         f"{b:.2f} → {best:.2f} ({-drop:.2f} points higher)"
@@ -851,17 +937,21 @@ def findings(evals: Mapping[str, Any], signal: Mapping[str, Any] | None,
     ref, wq, waq = REF_KEY, WQ_KEY, WAQ_KEY
     labels = {m.key: m.label for m in MODELS}
 
-    # Table 1: BNNs look more robust than REF under plain PGD
-    r, q, a = (_acc(evals, k, "pgd") for k in (ref, wq, waq))
-    if None not in (r, q, a):
-        ok = q > r + CLEAR_POINTS and a > r + CLEAR_POINTS  # type: ignore[operator]
-        part = q > r or a > r  # type: ignore[operator]
-        out.append(Finding("Table 1", "BNNs look more robust than REF under plain PGD L∞",
-                           f"PGD acc. REF {r:.2f}, BNN-WQ {q:.2f}, BNN-WAQ {a:.2f}",
-                           "REF 0.00, BNN-WQ 26.98, BNN-WAQ 8.57",
-                           "agrees" if ok else "partly agrees" if part else "differs"))
+    # Table 1: BNNs look more robust than REF under plain PGD (one row per BNN)
+    r = _acc(evals, ref, "pgd")
+    for key in (wq, "wq_bc", WQ_HIDDEN_KEY, waq):
+        q = _acc(evals, key, "pgd")
+        if r is None or q is None:
+            continue
+        paper_q = PAPER.get(key, {}).get("pgd")
+        out.append(Finding("Table 1", f"{labels[key]} looks more robust than REF under plain PGD L∞",
+                           f"PGD acc. REF {r:.2f}, {labels[key]} {q:.2f}",
+                           f"REF {_pp(PAPER[ref].get('pgd'))}, {_pp(paper_q)}"
+                           if paper_q is not None else "n/a",
+                           "agrees" if q > r + CLEAR_POINTS else "partly agrees" if q > r
+                           else "differs"))
     # Tables 2/3/5: PGD++ / FGSM++ beat PGD / FGSM on BNNs
-    for key in (wq, "wq_bc", waq):
+    for key in (wq, "wq_bc", WQ_HIDDEN_KEY, waq):
         out.append(_drop_finding(evals, key, "pgd", ("pgd++njs", "pgd++hns"), "Tables 2, 3, 5",
                                  f"PGD++ L∞ lowers {labels[key]} accuracy a lot vs PGD "
                                  "(fake robustness from vanishing gradients)"))
@@ -1006,7 +1096,7 @@ def findings(evals: Mapping[str, Any], signal: Mapping[str, Any] | None,
         for key, e in peers["models"].items():
             pieces.append(f"{labels.get(key, key)}: strongest {_pp(e['strongest'])} vs min peer "
                           f"{_pp(min((p['adv_acc'] for p in e['peers'].values() if p['adv_acc'] is not None), default=None))}")
-        out.append(Finding("issue 9", "The strongest cascade is at most every peer attack alone",
+        out.append(Finding("peer check", "The strongest cascade is at most every peer attack alone",
                            "; ".join(pieces), "(not in the paper)",
                            "agrees" if peers.get("ok") else "differs" if peers.get("ok") is False
                            else "not measured"))
@@ -1133,7 +1223,7 @@ def build_report(ctx: Context) -> tuple[str, dict[str, Any]]:
               f"correctly clean and after the attack. {_budget_line(evals)} "
               "`—`: not run on that network "
               "(the transfer attack needs a source other than the target; APGD-T alone only on the "
-              "issue-9 networks).")
+              "peer-check networks).")
     md.append("")
     md += _attack_table(evals, s)
     md.append("")
@@ -1163,7 +1253,7 @@ def build_report(ctx: Context) -> tuple[str, dict[str, Any]]:
     md.append("In short: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ".")
     md.append("")
     if peers:
-        md.append("## Issue 9: is `strongest` at most every peer attack alone?")
+        md.append("## Peer check: is `strongest` at most every peer attack alone?")
         md.append("")
         md.append("| network | strongest | " + " | ".join(PEERS) + " | holds |")
         md.append("|---|---:|" + "---:|" * len(PEERS) + "---|")
@@ -1265,18 +1355,22 @@ def _what_runs(ctx: Context) -> str:
         if isinstance(atk, dict):
             extra = (f", adversarial training with PGD L∞ eps {atk.get('eps')}, "
                      f"{atk.get('steps')} steps of {atk.get('step_size')}")
-        parts.append(f"{spec.label} (`configs/reproduce/{spec.config}`: ConvNet width {width}, "
+        parts.append(f"{spec.label} (`{spec.config}`: ConvNet width {width}, "
                      f"{n} training images, {epochs} epoch{'s' if epochs != 1 else ''}{extra})")
     data_name = "synthetic data (SyntheticDataModule)" if s.synthetic else "Fashion-MNIST"
-    return (f"**What runs** ({s.profile} profile, {data_name}). Six networks trained with "
-            "`train.py`'s code path (`bnnrobust.training.main`): " + "; ".join(parts) + ". "
+    zoo_note = (" The non-adversarial networks are the model zoo's checkpoints of these "
+                "recipes (`--zoo`: trained by `train.py`, checksum and recipe checked)."
+                if s.zoo else "")
+    return (f"**What runs** ({s.profile} profile, {data_name}). {len(MODELS)} networks trained "
+            "with `train.py`'s code path (`bnnrobust.training.main`): " + "; ".join(parts) + "."
+            + zoo_note + " "
             f"Each is attacked on the first {s.n_eval} test images with FGSM, FGSM++ (NJS, HNS), "
             "PGD L∞/L2 and PGD++ (NJS, HNS), PGD with the DLR loss, APGD-CE and APGD-DLR "
             f"({s.apgd_steps} steps), Square ({s.square_queries} queries), PGD transferred "
             f"from REF, PGD with {s.restarts} restarts and the `strongest` cascade (its APGD "
             f"stages {s.apgd_steps} steps, Square {s.square_queries} queries); APGD-T alone "
             f"too on {', '.join(_BY_KEY[k].label for k in s.peer_check_models)} for the "
-            f"issue-9 check. Plus signal propagation on the first {s.signal_n} test images "
+            f"peer check. Plus signal propagation on the first {s.signal_n} test images "
             f"(Table 12) and accuracy-vs-eps sweeps on {s.sweep_n} images (Fig. 1b).")
 
 
@@ -1288,7 +1382,7 @@ def _budget_text(manifest: Mapping[str, Any]) -> str:
     for key in est:
         groups.setdefault(key.split("/")[0], []).append(key)
     names = {"train": "training", "eval": "evaluation", "signal": "signal propagation",
-             "sweep": "eps sweeps", "peer_check": "issue-9 check", "report": "report"}
+             "sweep": "eps sweeps", "peer_check": "peer check", "report": "report"}
     cells = []
     for g, keys in groups.items():
         e = sum(est[k] for k in keys)
@@ -1489,7 +1583,7 @@ def _print_plan(ctx: Context, stages: Sequence[Stage],
 def run(out: str | Path, *, quick: bool = False, synthetic: bool = False, force: bool = False,
         markdown: str | Path | None = None, progress: bool = True,
         settings: Settings | None = None, step_seconds: float | None = None,
-        dry_run: bool = False, threads: int | None = None) -> dict[str, Any]:
+        dry_run: bool = False, threads: int | None = None, zoo: bool = False) -> dict[str, Any]:
     """Run (or resume) the reproduction; returns the ``summary.json`` body.
 
     Args:
@@ -1505,12 +1599,18 @@ def run(out: str | Path, *, quick: bool = False, synthetic: bool = False, force:
         dry_run: only print the plan (stages and estimates); write nothing.
         threads: torch CPU threads (default: torch's, one per core). On a machine busy with
             other work, 1 thread is much faster than 2 fighting for the same cores.
+        zoo: full Fashion-MNIST profile only: reuse the model zoo's checkpoints of the
+            ``configs/fmnist/`` recipes (trained by ``train.py``; checksum, architecture, data
+            and epoch checked) instead of training them again; the adversarial trainings run.
 
     Raises:
         ReproError: ``out`` holds a complete run, another run's settings or foreign files
             (and ``force`` is false), or a needed file is missing.
     """
-    s = settings or (Settings.quick(synthetic) if quick else Settings.full(synthetic))
+    if zoo and (quick or synthetic):
+        raise ReproError("--zoo reuses the zoo's Fashion-MNIST networks of the full profile; it "
+                         "cannot be combined with --quick or --synthetic.")
+    s = settings or (Settings.quick(synthetic) if quick else Settings.full(synthetic, zoo=zoo))
     if threads is not None:
         if threads < 1:
             raise ReproError(f"--threads must be >= 1, got {threads}.")
@@ -1523,7 +1623,7 @@ def run(out: str | Path, *, quick: bool = False, synthetic: bool = False, force:
         _check_fmnist()
     if dry_run:
         ctx = Context(out, s, markdown, progress)
-        ctx.step_seconds = step_seconds or calibrate(s.width or 0.5)
+        ctx.step_seconds = step_seconds or calibrate(s.width or 1.0)
         stages = plan_stages(ctx)
         todo = _print_plan(ctx, stages, {})
         return {"plan": {st.key: st.estimate_s for st in stages}, "total_s": todo,
@@ -1536,7 +1636,7 @@ def run(out: str | Path, *, quick: bool = False, synthetic: bool = False, force:
             f"--out {out} already holds a complete reproduction (report {markdown}). Refusing to "
             "overwrite it: pass --force to delete it and recompute everything, or delete one "
             f"output (e.g. {ctx.eval_json(REF_KEY)}) and rerun to recompute just that part.")
-    ctx.step_seconds = step_seconds or calibrate(s.width or 0.5)
+    ctx.step_seconds = step_seconds or calibrate(s.width or 1.0)
     stages = plan_stages(ctx)  # again, with this machine's speed in the estimates
     torch.set_float32_matmul_precision("high")
     t_start = time.perf_counter()
@@ -1600,7 +1700,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bnnrobust.reproduce",
         description=("Reproduce the paper's findings offline on Fashion-MNIST (2 CPU cores, "
-                     "under an hour): train six networks, attack them, write JSON/PNG results "
+                     "about 1.5 h, or with --zoo under one): train seven networks, attack them, write JSON/PNG results "
                      "and the Markdown report (docs/results.md). See docs/results.md."))
     p.add_argument("--out", required=True, help="Output folder, e.g. results/fmnist.")
     p.add_argument("--quick", action="store_true",
@@ -1612,6 +1712,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", default=None,
                    help="Report path (default docs/results.md for the full Fashion-MNIST run, "
                         "<out>/results.md otherwise).")
+    p.add_argument("--zoo", action="store_true",
+                   help="Reuse the model zoo's checkpoints of the configs/fmnist/ recipes "
+                        "(checksum and recipe checked) instead of training them again.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars inside stages.")
     p.add_argument("--dry-run", action="store_true",
                    help="Print the plan (stages, estimated minutes) and exit; writes nothing.")
@@ -1629,7 +1732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args.out, quick=args.quick, synthetic=args.synthetic, force=args.force,
             markdown=args.markdown, progress=not args.no_progress,
             step_seconds=None if args.step_ms is None else args.step_ms / 1000.0,
-            dry_run=args.dry_run, threads=args.threads)
+            dry_run=args.dry_run, threads=args.threads, zoo=args.zoo)
     except ReproError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -101,7 +101,7 @@ def test_markdown_has_every_attack_row_and_links(quick_run: tuple[Path, dict[str
     for spec in R.MODELS:
         assert spec.label in md
     for heading in ("## Findings", "## Signal propagation", "## Accuracy vs eps",
-                    "## Issue 9", "## PGD++ with varying ρ", "| Table 11 |", "| Table 13 |",
+                    "## Peer check", "## PGD++ with varying ρ", "| Table 11 |", "| Table 13 |",
                     "python -m bnnrobust.reproduce --out results/fmnist"):
         assert heading in md
     # links are relative to the Markdown file and point to files that exist
@@ -150,7 +150,7 @@ def test_rerun_after_deleting_an_eval_reuses_checkpoints(
     assert manifest["trained_in_last_invocation"] == []
     for key, mtime in kept.items():  # other evaluations reused too
         assert (out / f"eval_{key}.json").stat().st_mtime_ns == mtime
-    assert "train REF (ref.yaml): reused" in log
+    assert "train REF (configs/fmnist/convnet_ref.yaml): reused" in log
     assert "evaluate BNN-WAQ (Hubara)" in log and "ETA" in log
 
 
@@ -197,7 +197,8 @@ def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[st
     plan = R.run(out, synthetic=True, dry_run=True, step_seconds=4e-4)
     assert not out.exists()
     text = capsys.readouterr().out
-    assert "total to run" in text and "19/19" in text
+    n = len(plan["plan"])
+    assert "total to run" in text and f"{n}/{n}" in text
     assert set(plan["plan"]) == {f"train/{m.key}" for m in R.MODELS} | {
         f"eval/{m.key}" for m in R.MODELS} | {"signal", "rho", "peer_check", "report"} | {
         f"sweep/{k}" for k in R.Settings.full().sweep_models}
@@ -283,3 +284,33 @@ def test_paper_numbers_are_percentages() -> None:
         for attack, value in row.items():
             assert attack == "clean" or attack in {k for k, _ in R.ATTACK_ROWS}
             assert value is None or (0.0 <= value <= 100.0 and not math.isnan(value))
+
+
+@pytest.mark.parametrize("spec", [m for m in R.MODELS if m.zoo], ids=lambda m: m.key)
+def test_zoo_checkpoints_match_the_recipes(spec: R.ModelSpec) -> None:
+    """--zoo reuses a zoo checkpoint only where its recorded network, data and epoch are the recipe's."""
+    import torch
+
+    from bnnrobust import zoo
+
+    cfg = R.training_config(spec, R.Settings.full(zoo=True))
+    ckpt = torch.load(zoo.path(spec.zoo), map_location="cpu", weights_only=True)
+    epochs = int(cfg["trainer"]["max_epochs"])
+    assert R._zoo_mismatch(ckpt, cfg, epochs) is None
+    assert "epoch" in (R._zoo_mismatch(ckpt, cfg, epochs + 1) or "")
+    cfg["model"]["init_args"]["model"]["init_args"]["width"] = 0.5
+    assert "width = 1.0, the recipe sets 0.5" in (R._zoo_mismatch(ckpt, cfg, epochs) or "")
+
+
+def test_zoo_refused_with_quick_or_synthetic(tmp_path: Path) -> None:
+    with pytest.raises(R.ReproError, match="--zoo"):
+        R.run(tmp_path / "x", quick=True, zoo=True)
+    assert not (tmp_path / "x").exists()
+
+
+def test_training_config_drops_the_monitor_and_reads_the_converged_recipe() -> None:
+    spec = next(m for m in R.MODELS if m.key == R.WQ_KEY)
+    cfg = R.training_config(spec, R.Settings.full())
+    assert cfg["trainer"]["max_epochs"] == 10
+    names = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
+    assert names and not any(n.endswith("RobustnessMonitor") for n in names)
