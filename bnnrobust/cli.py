@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from bnnrobust.data.base import ImageDataModule
+from bnnrobust.safe_loading import UntrustedInputError, check_local_path
 from bnnrobust.systems.classifier import ImageClassifier
 from callbacks.last_checkpoint import LastCheckpoint
 
@@ -71,6 +72,9 @@ class BNNRobustCLI(LightningCLI):
                                  "(default: the config file's name).")
         parser.add_argument("--log_dir", type=str, default=DEFAULT_LOG_DIR,
                             help="Root folder of TensorBoard logs and checkpoints.")
+        parser.add_argument("--allow_remote_checkpoint", type=bool, default=False,
+                            help="Accept a remote --ckpt_path (http://, s3://, ...); it is still "
+                                 "loaded with weights_only=True.")
         for source, target in (
             ("data.num_classes", "model.init_args.num_classes"),
             ("data.mean", "model.init_args.mean"),
@@ -92,6 +96,7 @@ class BNNRobustCLI(LightningCLI):
     # -- run folder, logger and checkpoint location ------------------------------------------
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        _check_checkpoint_args(cfg)
         name = cfg.get("run_name") or _run_name([str(p) for p in (cfg.get("config") or [])])
         log_dir = Path(cfg.get("log_dir") or DEFAULT_LOG_DIR)
         _check_writable(log_dir)
@@ -107,6 +112,22 @@ class BNNRobustCLI(LightningCLI):
             cfg["last_checkpoint"]["dirpath"] = cfg["checkpoint"]["dirpath"]
         if trainer_cfg.get("default_root_dir") is None:
             trainer_cfg["default_root_dir"] = str(log_dir / name)
+
+
+def _check_checkpoint_args(cfg: Any) -> None:
+    """``--ckpt_path`` local (unless allowed) and always loaded with ``weights_only=True``."""
+    try:
+        if cfg.get("ckpt_path") not in (None, "last"):
+            check_local_path(cfg["ckpt_path"], "--ckpt_path",
+                             allow_remote=bool(cfg.get("allow_remote_checkpoint")))
+    except UntrustedInputError as err:
+        raise SystemExit(f"error: {err}") from None
+    if "weights_only" in cfg:
+        if cfg["weights_only"] is False:
+            raise SystemExit(
+                "error: --weights_only false is refused: bnnrobust loads every checkpoint with "
+                "weights_only=True (a checkpoint is data, never code). Drop the flag.")
+        cfg["weights_only"] = True
 
 
 def _check_writable(path: Path) -> None:

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.cli import LightningArgumentParser
 
 from bnnrobust.cli import BNNRobustCLI
+from bnnrobust.safe_loading import is_remote
 
 
 class TrainCLI(BNNRobustCLI):
@@ -32,6 +33,8 @@ class TrainCLI(BNNRobustCLI):
 def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | None) -> str | None:
     """'last' → ``<checkpoint_dir>/last.ckpt`` when it exists (else None: start fresh)."""
     if ckpt_path != "last":
+        if ckpt_path is not None and is_remote(ckpt_path):
+            return ckpt_path  # checked (refused unless allowed) by BNNRobustCLI
         if ckpt_path is not None and not Path(ckpt_path).is_file():
             raise SystemExit(f"error: --ckpt_path {ckpt_path!r} does not exist. Give a checkpoint "
                              "file, or 'last' to resume this run from its last checkpoint.")
@@ -61,7 +64,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     cfg = cli.config
     ckpt_cb = cli.trainer.checkpoint_callback
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), getattr(ckpt_cb, "dirpath", None))
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics: dict[str, Any] = {k: float(v) for k, v in cli.trainer.callback_metrics.items()
                                if k.startswith("val/") and torch.as_tensor(v).numel() == 1}
     if not cfg.get("skip_test"):

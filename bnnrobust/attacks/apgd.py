@@ -43,7 +43,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnnrobust.attacks.base import Attack, AttackOutput, Norm, check_labels, check_positive
+from bnnrobust.attacks.base import (
+    Attack,
+    AttackOutput,
+    Norm,
+    check_eps,
+    check_labels,
+    check_positive,
+)
 from bnnrobust.attacks.losses import check_loss_name, per_sample_loss
 from bnnrobust.attacks.temperature import Temperature, make_temperature
 
@@ -143,9 +150,9 @@ class APGD(Attack):
         seed: int | None = None,
     ) -> None:
         super().__init__(surrogate=surrogate, seed=seed)
-        check_positive("eps", float(eps))
-        self.eps = float(eps)
         self.norm = Norm.parse(norm)
+        check_positive("eps", float(eps))
+        self.eps = check_eps(eps, self.norm)
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}.")
         if int(restarts) != restarts or restarts < 1:

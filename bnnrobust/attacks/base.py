@@ -22,6 +22,7 @@ Every attack, through :meth:`Attack.perturb`:
 from __future__ import annotations
 
 import contextlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,37 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
         raise ValueError(f"{name} must be {bound}, got {value!r}.")
 
 
+def check_eps(eps: float, norm: object) -> float:
+    """``eps`` as a float after checking it is a radius in [0, 1] pixel units.
+
+    An L∞ radius above 1 covers the whole image cube, so it almost always means the value was
+    given in 0-255 units: the error suggests ``eps/255``. An L2 radius may exceed 1 (e.g. 1.5
+    on Fashion-MNIST); it is checked against the image size when the attack runs
+    (:func:`check_l2_eps`).
+    """
+    if isinstance(eps, bool) or not isinstance(eps, int | float):
+        raise TypeError(f"eps must be a number in [0, 1] pixel units, got {eps!r}.")
+    value = float(eps)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"eps must be a finite number >= 0 in [0, 1] pixel units, got {eps!r}.")
+    if str(getattr(norm, "value", norm)).lower() in ("linf", "inf") and value > 1:
+        raise ValueError(
+            f"eps {eps!r} is larger than 1, but an L∞ eps is in [0, 1] pixel units (images are "
+            f"scaled to [0, 1]); a value in 0-255 units must be divided by 255: eps {eps}/255 = "
+            f"{value / 255:.6g}.")
+    return value
+
+
+def check_l2_eps(eps: float, x: Tensor) -> None:
+    """An L2 radius larger than the diameter of the [0, 1] image cube (√d) is a unit mistake."""
+    d = x[0].numel() if x.shape[0] else 0
+    if d and eps > math.sqrt(d):
+        raise ValueError(
+            f"L2 eps {eps!r} is larger than the diameter √{d} = {math.sqrt(d):.4g} of the [0, 1] "
+            "image cube, so every image is within reach: eps is in [0, 1] pixel units (divide a "
+            "value in 0-255 units by 255).")
+
+
 class Attack(ABC):
     """Base class: subclasses implement :meth:`_perturb`; users call the instance.
 
@@ -139,6 +171,8 @@ class Attack(ABC):
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> AttackOutput:
         """Run the attack with all the guarantees listed in the module docstring."""
         check_inputs(x, y)
+        if getattr(self, "norm", None) is Norm.L2 and isinstance(getattr(self, "eps", None), float):
+            check_l2_eps(float(self.eps), x)  # type: ignore[attr-defined]
         from bnnrobust.attacks.surrogates import use_surrogate
 
         # Under torch.inference_mode() (e.g. Lightning's Trainer(inference_mode=True) test loop)

@@ -39,7 +39,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnnrobust.attacks.base import Attack, AttackOutput, Norm, check_labels, check_positive
+from bnnrobust.attacks.base import (
+    Attack,
+    AttackOutput,
+    Norm,
+    check_eps,
+    check_labels,
+    check_positive,
+)
 
 __all__ = [
     "DeepFool",
@@ -128,9 +135,9 @@ class TorchattacksAttack(Attack):
 class _EpsAttack(TorchattacksAttack):
     def __init__(self, eps: float, norm: str | Norm, seed: int | None) -> None:
         super().__init__(seed=seed)
-        check_positive("eps", float(eps))
-        self.eps = float(eps)
         self.norm = Norm.parse(norm)
+        check_positive("eps", float(eps))
+        self.eps = check_eps(eps, self.norm)
 
     def _suffix(self) -> str:
         return "_l2" if self.norm is Norm.L2 else ""

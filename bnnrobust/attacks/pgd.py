@@ -27,7 +27,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from bnnrobust.attacks.base import Attack, AttackOutput, Norm, check_labels, check_positive
+from bnnrobust.attacks.base import (
+    Attack,
+    AttackOutput,
+    Norm,
+    check_eps,
+    check_labels,
+    check_positive,
+)
 from bnnrobust.attacks.losses import per_sample_loss
 from bnnrobust.attacks.temperature import Temperature, make_temperature
 
@@ -110,6 +117,7 @@ class PGD(Attack):
         self.steps = _check_int("steps", steps, 1)
         self.restarts = _check_int("restarts", restarts, 1)
         self.norm = Norm.parse(norm)
+        check_eps(self.eps, self.norm)
         key = loss.lower() if isinstance(loss, str) else loss
         if key not in PGD_LOSSES:
             accepted = ", ".join(repr(n) for n in PGD_LOSSES)

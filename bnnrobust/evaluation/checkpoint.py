@@ -25,12 +25,20 @@ from __future__ import annotations
 import importlib
 import inspect
 import pickle
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
+
+from bnnrobust.safe_loading import (
+    UntrustedInputError,
+    check_class_paths,
+    check_local_path,
+    load_checkpoint,
+)
 
 __all__ = ["CheckpointError", "load_checkpoint_dict", "load_system", "run_dir_of"]
 
@@ -40,7 +48,14 @@ class CheckpointError(RuntimeError):
 
 
 def load_checkpoint_dict(ckpt_path: str | Path) -> dict[str, Any]:
-    """``torch.load(ckpt_path, weights_only=True, map_location="cpu")`` with clear errors."""
+    """``torch.load(ckpt_path, weights_only=True, map_location="cpu")`` with clear errors.
+
+    Local files only (:func:`bnnrobust.safe_loading.check_local_path`).
+    """
+    try:
+        check_local_path(ckpt_path)
+    except UntrustedInputError as err:
+        raise CheckpointError(str(err)) from None
     path = Path(ckpt_path)
     if not path.exists():
         raise CheckpointError(
@@ -50,7 +65,7 @@ def load_checkpoint_dict(ckpt_path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} is not a file (a directory?).")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(path, map_location="cpu")
     except pickle.UnpicklingError as err:
         if "global" not in str(err).lower():  # not a refused class: a corrupt byte stream
             raise CheckpointError(
@@ -184,6 +199,7 @@ def load_system(
     *,
     data_overrides: dict[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
+    allow_modules: Iterable[str] = (),
 ) -> tuple[L.LightningModule, L.LightningDataModule | None]:
     """Rebuild ``(system, datamodule)`` from a training checkpoint; the system is in eval mode.
 
@@ -194,20 +210,31 @@ def load_system(
         data_overrides: data module init arguments to replace (e.g. ``{"data_dir": "/data"}``,
             ``{"batch_size": 512}``).
         map_location: device the weights are loaded to.
+        allow_modules: modules besides :data:`bnnrobust.safe_loading.TRUSTED_PACKAGES` whose
+            classes the checkpoint may name (checked before any import).
 
     Returns:
         The system (a LightningModule whose ``.model`` maps [0, 1] images to logits) and the
         data module, or ``None`` when the checkpoint stores none and no config was given.
 
     Raises:
-        CheckpointError: missing/corrupt file, class that cannot be rebuilt, or a state dict
+        CheckpointError: missing/corrupt file, remote path, a class outside the allow-list,
+            class that cannot be rebuilt, or a state dict
             whose keys/shapes do not match the rebuilt architecture (names the keys).
     """
     from bnnrobust.data.base import ImageDataModule
     from bnnrobust.systems.classifier import ImageClassifier
 
+    ckpt = load_checkpoint_dict(ckpt_path)  # before Path(), which turns "http://" into "http:/"
     path = Path(ckpt_path)
-    ckpt = load_checkpoint_dict(path)
+    if config is None:
+        try:  # every class the checkpoint names, before anything is imported
+            check_class_paths({"hyper_parameters": ckpt.get("hyper_parameters"),
+                               "datamodule_hyper_parameters":
+                                   ckpt.get("datamodule_hyper_parameters")},
+                              f"Checkpoint {str(path)!r}", allow_modules)
+        except UntrustedInputError as err:
+            raise CheckpointError(str(err)) from None
     datamodule: L.LightningDataModule | None
     if config is not None:
         system, datamodule = _from_train_config(config, data_overrides)

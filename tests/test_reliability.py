@@ -1,0 +1,198 @@
+"""Hostile inputs: no code from a checkpoint, no remote paths by default, no 0-255 eps.
+
+Each test here reproduces one fault of the catalogue in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bnnrobust.attacks.apgd import APGD
+from bnnrobust.attacks.peers import Square
+from bnnrobust.attacks.pgd import FGSM, PGD
+from bnnrobust.evaluation.checkpoint import CheckpointError, load_system
+from bnnrobust.safe_loading import UntrustedInputError, check_class_paths, check_local_path
+
+TINY = {
+    "model": {
+        "class_path": "bnnrobust.systems.ImageClassifier",
+        "init_args": {
+            "model": {"class_path": "bnnrobust.models.ConvNet", "init_args": {"width": 0.25}},
+        },
+    },
+    "data": {
+        "class_path": "bnnrobust.data.SyntheticDataModule",
+        "init_args": {"num_samples": 48, "image_size": 12, "batch_size": 16, "num_classes": 4},
+    },
+    "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 1,
+                "enable_progress_bar": False, "enable_model_summary": False},
+}
+
+
+class _Payload:
+    """Pickles to a call that writes a marker file: loading it with weights_only=False runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (str(self.marker), "pwned"))  # type: ignore[return-value]
+
+
+def _tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def _trained_checkpoint(tmp_path: Path) -> Path:
+    from bnnrobust.training import main as train_main
+
+    train_main(["--config", str(_tiny_config(tmp_path)), "--log_dir", str(tmp_path / "logs"),
+                "--skip_test", "true"])
+    last = tmp_path / "logs" / "tiny" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    return last
+
+
+# -- 1. code execution through a pickled checkpoint ---------------------------------------------
+@pytest.mark.parametrize("entry", ["fit", "test", "train.py"])
+def test_a_pickle_payload_in_ckpt_path_never_runs(tmp_path: Path, entry: str) -> None:
+    from bnnrobust.cli import main as cli_main
+    from bnnrobust.training import main as train_main
+
+    marker = tmp_path / "marker.txt"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": _Payload(marker)}, evil)
+    cfg = str(_tiny_config(tmp_path))
+    logs = str(tmp_path / "logs")
+    with pytest.raises(Exception):  # noqa: B017 - any refusal will do; what matters is below
+        if entry == "train.py":
+            train_main(["--config", cfg, "--log_dir", logs, "--ckpt_path", str(evil),
+                        "--skip_test", "true"])
+        else:
+            cli_main([entry, "--config", cfg, "--log_dir", logs, "--ckpt_path", str(evil)])
+    assert not marker.exists(), "the checkpoint's pickled payload was executed"
+
+
+@pytest.mark.parametrize("entry", ["fit", "test", "train.py"])
+def test_remote_ckpt_path_is_refused_before_any_work(tmp_path: Path, entry: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from bnnrobust.cli import main as cli_main
+    from bnnrobust.training import main as train_main
+
+    cfg = str(_tiny_config(tmp_path))
+    logs = tmp_path / "logs"
+    url = "http://127.0.0.1:9/x.ckpt"
+    with pytest.raises(SystemExit) as info:
+        if entry == "train.py":
+            train_main(["--config", cfg, "--log_dir", str(logs), "--ckpt_path", url])
+        else:
+            cli_main([entry, "--config", cfg, "--log_dir", str(logs), "--ckpt_path", url])
+    assert "remote path" in str(info.value.code) and url in str(info.value.code)
+    assert "--allow_remote_checkpoint" in str(info.value.code)
+    assert not logs.exists()
+
+
+def test_weights_only_false_is_refused(tmp_path: Path) -> None:
+    from bnnrobust.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as info:
+        cli_main(["test", "--config", str(_tiny_config(tmp_path)), "--log_dir",
+                  str(tmp_path / "logs"), "--weights_only", "false"])
+    assert "weights_only" in str(info.value.code)
+
+
+@pytest.mark.parametrize("path", ["http://h/x.ckpt", "https://h/x.ckpt", "s3://b/x.ckpt",
+                                  "hf://org/x.ckpt"])
+def test_remote_paths_refused_by_the_evaluation_loader(path: str) -> None:
+    with pytest.raises(CheckpointError, match="remote path"):
+        load_system(path)
+    assert check_local_path(path, allow_remote=True) == path
+    assert check_local_path("logs/run/last.ckpt") == "logs/run/last.ckpt"
+
+
+# -- 2. classes named by a checkpoint: allow-list before import ---------------------------------
+def _with_class_path(src: Path, dst: Path, where: str, class_path: str) -> Path:
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    if where == "system":
+        ckpt["hyper_parameters"]["_class_path"] = class_path
+    elif where == "model":
+        ckpt["hyper_parameters"]["model"]["class_path"] = class_path
+    else:
+        ckpt["datamodule_hyper_parameters"]["_class_path"] = class_path
+    torch.save(ckpt, dst)
+    return dst
+
+
+@pytest.mark.parametrize("where", ["system", "model", "data"])
+def test_a_checkpoint_cannot_import_a_module_next_to_it(tmp_path: Path, where: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = _trained_checkpoint(tmp_path)
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "payload_mod.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\nclass Net: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bad = _with_class_path(ckpt, tmp_path / "bad.ckpt", where, "payload_mod.Net")
+    with pytest.raises(CheckpointError) as info:
+        load_system(bad)
+    msg = str(info.value)
+    assert "payload_mod.Net" in msg and "--allow_module payload_mod" in msg
+    assert not marker.exists() and "payload_mod" not in sys.modules
+    # the Zen of Python: `this` prints on import
+    zen = _with_class_path(ckpt, tmp_path / "zen.ckpt", where, "this.Zen")
+    with pytest.raises(CheckpointError, match="'this.Zen'"):
+        load_system(zen)
+
+
+def test_allowed_module_is_checked_then_loaded(tmp_path: Path) -> None:
+    ckpt = _trained_checkpoint(tmp_path)
+    system, dm = load_system(ckpt)
+    assert dm is not None and not system.training
+    # a user-allowed module passes the allow-list (and then fails only as a normal import)
+    bad = _with_class_path(ckpt, tmp_path / "bad.ckpt", "model", "mypkg_missing.Net")
+    with pytest.raises(CheckpointError, match="cannot"):
+        load_system(bad, allow_modules=["mypkg_missing"])
+
+
+def test_check_class_paths_walks_nested_lists_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    hp = {"model": {"class_path": "bnnrobust.models.ConvNet",
+                    "init_args": {"binarizer": {"class_path": "evil.B"}}},
+          "callbacks": [{"class_path": "torch.nn.Identity"}, {"class_path": "os.system"}]}
+    with pytest.raises(UntrustedInputError) as info:
+        check_class_paths(hp, "x")
+    assert "evil.B" in str(info.value) and "os.system" in str(info.value)
+    monkeypatch.setenv("BNNROBUST_ALLOW_MODULES", "evil, os")
+    check_class_paths(hp, "x")
+    # a prefix is not a package: 'torchevil' is not 'torch'
+    with pytest.raises(UntrustedInputError, match="torchevil"):
+        check_class_paths({"class_path": "torchevil.X"}, "x")
+
+
+# -- 5. eps in 0-255 units ----------------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: PGD(eps=8), lambda: FGSM(eps=8), lambda: APGD(eps=8.0),
+    lambda: Square(eps=8.0), lambda: PGD(eps=1.5, norm="linf")])
+def test_linf_eps_above_one_is_refused_with_the_fix(make: object) -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\] pixel units.*255"):
+        make()  # type: ignore[operator]
+
+
+def test_l2_eps_may_exceed_one_but_not_the_image_diameter() -> None:
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([0, 1])
+    PGD(eps=1.5, step_size=0.15, steps=1, norm="l2")(net, x, y)  # 1.5 < √16
+    with pytest.raises(ValueError, match="diameter"):
+        PGD(eps=5.0, step_size=0.5, steps=1, norm="l2")(net, x, y)
+
+
+def test_eps_from_a_config_is_refused(tmp_path: Path) -> None:
+    from bnnrobust.attacks.factory import build_attack
+
+    with pytest.raises(ValueError, match="eps/255|divided by 255"):
+        build_attack({"name": "pgd", "eps": 8}, "cifar10")
