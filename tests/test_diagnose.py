@@ -5,7 +5,8 @@
   PGD++ recommended (and Square / transfer from the float MLP beat PGD);
 * a rounding step inside (``round(x)`` or ``(x > 0.5).float()``) then a linear layer: zero
   gradients *inside* the network, located at the step module, temperature cannot help;
-* dropout left on in eval mode: randomness, EOT recommended.
+* dropout left on in eval mode: randomness, EOT recommended;
+* PGD++ weaker than PGD (fixed attack results): named in words, and no masking verdict.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bnnrobust.evaluation.diagnose import (
     diagnose,
     layer_gradient_zeros,
 )
+from bnnrobust.evaluation.diagnose.context import Context
 
 EPS = 0.05
 QUICK = {"quick": True, "n_samples": 48, "progress": False, "steps_list": (5, 10, 20),
@@ -217,12 +219,12 @@ def test_dropout_left_on_is_flagged_as_randomness(data: tuple[Tensor, Tensor]) -
 def _fake_runner(monkeypatch: pytest.MonkeyPatch, accs: dict[tuple[float, int], float]) -> None:
     """Replace PGD by fixed per-sample results with the given accuracy per (eps, steps)."""
 
-    def pgd(self: dg._Runner, eps: float, steps: int, temperature: str | None = None) -> Tensor:
+    def pgd(self: Context, eps: float, steps: int, temperature: str | None = None) -> Tensor:
         acc = accs[(round(eps, 6), steps)]
         k = int(round(acc * self.n))
         return torch.arange(self.n) < k
 
-    monkeypatch.setattr(dg._Runner, "pgd", pgd)
+    monkeypatch.setattr(Context, "pgd", pgd)
 
 
 def test_more_iterations_flags_accuracy_that_keeps_dropping(monkeypatch: pytest.MonkeyPatch,
@@ -253,6 +255,38 @@ def test_eps_growth_flags_accuracy_that_does_not_vanish(monkeypatch: pytest.Monk
     assert c.verdict == "warning" and c.evidence["max_radius"] < 0.25
     _fake_runner(monkeypatch, {(r, 20): a for r, a in zip(radii, [0.8, 0.4, 0.1, 0.0, 0.0], strict=True)})
     assert diagnose(float_mlp, x, y, eps=EPS, checks=("eps_growth",), **kw)["eps_growth"].verdict == "pass"
+
+
+def test_a_tempered_attack_weaker_than_its_base_is_named(monkeypatch: pytest.MonkeyPatch,
+                                                         float_mlp: nn.Module,
+                                                         data: tuple[Tensor, Tensor]) -> None:
+    """PGD++(HNS) far weaker than PGD: the saturation summary says so in words (the note of
+    bnnrobust.evaluation.report.weaker_temperature_notes), and it is no masking verdict."""
+    x, y = data
+    model = Scaled(float_mlp, 3.0)  # p_y > 1 − ρ for the correct samples, ∂ℓ/∂logits still > 0
+
+    def run(hns_acc: float) -> Diagnosis:
+        def pgd(self: Context, eps: float, steps: int, temperature: str | None = None) -> Tensor:
+            k = int(round((hns_acc if temperature == "hns" else 0.25) * self.n))
+            return torch.arange(self.n) < k
+
+        monkeypatch.setattr(Context, "pgd", pgd)
+        return diagnose(model, x, y, eps=EPS, checks=("softmax_saturation",), **QUICK)
+
+    diag = run(0.75)  # 36 of 48 samples survive PGD++, 12 survive PGD
+    sat = diag["softmax_saturation"]
+    assert sat.evidence["rho_saturated_frac"] > 0.5 and sat.evidence["float_saturated_frac"] == 0.0
+    assert sat.evidence["pgd_acc"] == 0.25 and sat.evidence["pgd++hns_acc"] == 0.75
+    assert sat.evidence["pgd++_weaker"] is True
+    assert "Pgd++hns is weaker than pgd (75.0 % vs 25.0 %)" in sat.summary
+    assert "lowered the gradient signal" in sat.summary
+    assert "no sign of gradient masking by softmax saturation" in sat.summary
+    assert sat.verdict == "pass" and sat.recommendations == []
+    assert "Pgd++hns is weaker than pgd" in diag.format()
+    # equal, or weaker by less than the noise margin (2 binomial standard errors): not named
+    for hns_acc in (0.25, 0.3125):
+        sat = run(hns_acc)["softmax_saturation"]
+        assert sat.evidence["pgd++_weaker"] is False and "weaker" not in sat.summary
 
 
 # ----------------------------------------------------------------------------- helpers, contract

@@ -90,7 +90,7 @@ def build_parser() -> Any:
                    help="Print and save the paper's Table 12 signal-propagation rows.")
     p.add_argument("--signal_n", type=int, default=500, help="Samples for --signal_propagation.")
     p.add_argument("--progress", type=bool, default=True, help="Show progress bars.")
-    # -- gradient-masking diagnosis (bnnrobust/evaluation/diagnose.py, docs/diagnosis.md) --
+    # -- gradient-masking diagnosis (bnnrobust/evaluation/diagnose/, docs/diagnosis.md) --
     p.add_argument("--diagnose", type=bool, default=False,
                    help="Run the gradient-masking checklist and save <results>_diagnosis.json.")
     p.add_argument("--diagnose_n", type=int, default=200, help="Seeded subset size of --diagnose.")
