@@ -30,18 +30,47 @@ class TrainCLI(BNNRobustCLI):
                             help="Also write the final summary (val/test metrics) to this JSON file.")
 
 
+def check_intact(ckpt_path: str) -> str:
+    """``ckpt_path`` if it reads back; else exit naming it and the newest intact neighbour."""
+    from bnnrobust.evaluation.checkpoint import CheckpointError, load_checkpoint_dict
+
+    try:
+        load_checkpoint_dict(ckpt_path)
+        return ckpt_path
+    except CheckpointError as err:
+        problem = str(err)
+    others = sorted((p for p in Path(ckpt_path).parent.glob("*.ckpt") if str(p) != ckpt_path),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    intact = None
+    for other in others:
+        try:
+            load_checkpoint_dict(other)
+            intact = other
+            break
+        except CheckpointError:
+            continue
+    offer = (f" The newest intact checkpoint of this run is {str(intact)!r}: resume from it with "
+             f"--ckpt_path {intact}." if intact else
+             " No other intact checkpoint is in that folder; start again without --ckpt_path.")
+    raise SystemExit(f"error: cannot resume: {problem}{offer}")
+
+
 def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | None) -> str | None:
-    """'last' → ``<checkpoint_dir>/last.ckpt`` when it exists (else None: start fresh)."""
+    """'last' → ``<checkpoint_dir>/last.ckpt`` when it exists (else None: start fresh).
+
+    A checkpoint that does not read back (truncated by a kill during the write) is named, with
+    the newest intact checkpoint of the same folder offered instead.
+    """
     if ckpt_path != "last":
         if ckpt_path is not None and is_remote(ckpt_path):
             return ckpt_path  # checked (refused unless allowed) by BNNRobustCLI
         if ckpt_path is not None and not Path(ckpt_path).is_file():
             raise SystemExit(f"error: --ckpt_path {ckpt_path!r} does not exist. Give a checkpoint "
                              "file, or 'last' to resume this run from its last checkpoint.")
-        return ckpt_path
+        return check_intact(ckpt_path) if ckpt_path is not None else None
     last = Path(checkpoint_dir or "") / "last.ckpt"
     if last.is_file():
-        return str(last)
+        return check_intact(str(last))
     print(f"[bnnrobust] no last checkpoint in {checkpoint_dir}; starting from scratch.",
           file=sys.stderr)
     return None

@@ -82,14 +82,14 @@ def path(name: str, root: str | Path = ZOO_DIR) -> Path:
 
 def load(name: str, root: str | Path = ZOO_DIR, map_location: str | torch.device = "cpu") -> nn.Module:
     """The network of zoo entry ``name``, in eval mode: [0, 1] images (B, 1, 28, 28) → logits."""
-    from bnnrobust.evaluation.checkpoint import load_system
+    from bnnrobust.evaluation.checkpoint import CheckpointError, load_system
 
-    system, _ = load_system(path(name, root), map_location=map_location)
+    try:
+        system, _ = load_system(path(name, root), map_location=map_location)
+    except CheckpointError as err:
+        raise ZooError(f"Zoo model {name!r}: {err}") from None
     model = getattr(system, "model", system)
     assert isinstance(model, nn.Module)
-    for key, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ZooError(f"Zoo model {name!r}: tensor {key!r} holds non-finite values; not loaded.")
     return model.eval()
 
 

@@ -14,6 +14,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# checkpoints the tests write name the test-only ``tests.helpers_models`` classes: allow them as
+# a user would (bnnrobust.safe_loading); every other module stays refused
+os.environ["BNNROBUST_ALLOW_MODULES"] = "tests"
 torch.set_num_threads(1)
 
 

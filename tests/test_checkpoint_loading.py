@@ -115,8 +115,16 @@ def test_state_dict_mismatch_names_keys(tmp_path: Path, convnet_run: tuple[str, 
     msg = str(err.value)
     assert "shape mismatches" in msg and "model.1.features.0.weight" in msg and ckpt in msg
     other = write_train_config(str(tmp_path), network="tiny")
-    with pytest.raises(CheckpointError, match="missing in the checkpoint") as err:
+    # a checkpoint that records its network: the other network class is named first
+    with pytest.raises(CheckpointError, match="trained as network 'bnnrobust.models.ConvNet'.*"
+                                              "builds network 'tests.helpers_models.TinyNet'"):
         load_system(ckpt, config=other)
+    # one that records none (built in Python): the state-dict keys that do not match are named
+    blob = torch.load(ckpt, weights_only=True, map_location="cpu")
+    blob["hyper_parameters"].pop("model")
+    torch.save(blob, tmp_path / "python_built.ckpt")
+    with pytest.raises(CheckpointError, match="missing in the checkpoint") as err:
+        load_system(tmp_path / "python_built.ckpt", config=other)
     assert "model.1.net.1.weight" in str(err.value) and "not in the model" in str(err.value)
 
 

@@ -350,7 +350,7 @@ def test_evaluate_cli_diagnose_flag(tmp_path, capsys: pytest.CaptureFixture[str]
     out = tmp_path / "eval" / "results.json"
     main(["--ckpt", ckpt, "--attacks", "[{name: pgd, eps: 0.03, steps: 2}]", "--n", "24",
           "--diagnose", "--diagnose_quick", "--diagnose_n", "12", "--output", str(out),
-          "--progress", "false"])
+          "--progress", "false", "--allow_module", "[tests]"])
     diag_json = out.with_name("results_diagnosis.json")
     d = json.loads(diag_json.read_text())
     assert d["settings"]["eps"] == pytest.approx(0.03) and d["settings"]["n"] == 12

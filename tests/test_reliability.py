@@ -71,7 +71,7 @@ def test_a_pickle_payload_in_ckpt_path_never_runs(tmp_path: Path, entry: str) ->
     torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": _Payload(marker)}, evil)
     cfg = str(_tiny_config(tmp_path))
     logs = str(tmp_path / "logs")
-    with pytest.raises(Exception):  # noqa: B017 - any refusal will do; what matters is below
+    with pytest.raises((Exception, SystemExit)):  # any refusal will do; what matters is below
         if entry == "train.py":
             train_main(["--config", cfg, "--log_dir", logs, "--ckpt_path", str(evil),
                         "--skip_test", "true"])
@@ -196,3 +196,46 @@ def test_eps_from_a_config_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="eps/255|divided by 255"):
         build_attack({"name": "pgd", "eps": 8}, "cifar10")
+
+
+# -- 3. a broken network is an error, never a plausible accuracy --------------------------------
+def test_non_finite_weight_is_refused_at_load_naming_the_tensor(tmp_path: Path) -> None:
+    ckpt_path = _trained_checkpoint(tmp_path)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    key = next(k for k, v in ckpt["state_dict"].items() if k.endswith("weight") and v.dim() > 1)
+    ckpt["state_dict"][key].fill_(float("nan"))
+    torch.save(ckpt, tmp_path / "nan.ckpt")
+    with pytest.raises(CheckpointError, match=f"tensor {key!r} holds .* non-finite"):
+        load_system(tmp_path / "nan.ckpt")
+
+
+# -- 4. the wrong network behind identical state-dict keys --------------------------------------
+def test_a_config_with_another_binarizer_is_refused(tmp_path: Path) -> None:
+    ckpt = _trained_checkpoint(tmp_path)  # binarizer: none (float ConvNet)
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["model"]["init_args"]["model"]["init_args"]["binarizer"] = "hubara"
+    other = tmp_path / "hubara.yaml"
+    other.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CheckpointError, match="trained as binarizer 'none'.*builds binarizer 'hubara'"):
+        load_system(ckpt, config=other)
+    system, _ = load_system(ckpt, config=tmp_path / "tiny.yaml")  # its own config still loads
+    assert not system.training
+
+
+# -- 10. a truncated last.ckpt --------------------------------------------------------------------
+def test_truncated_last_checkpoint_is_named_and_an_intact_one_offered(tmp_path: Path) -> None:
+    import shutil
+
+    from bnnrobust.training import main as train_main
+
+    last = _trained_checkpoint(tmp_path)
+    best = last.with_name("best-epoch0.ckpt")
+    shutil.copyfile(last, best)
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 3])
+    with pytest.raises(SystemExit) as info:
+        train_main(["--config", str(tmp_path / "tiny.yaml"), "--log_dir", str(tmp_path / "logs"),
+                    "--ckpt_path", "last", "--trainer.max_epochs", "2"])
+    msg = str(info.value.code)
+    assert str(last) in msg and "unreadable" in msg
+    assert f"--ckpt_path {best}" in msg

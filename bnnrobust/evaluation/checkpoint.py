@@ -40,7 +40,8 @@ from bnnrobust.safe_loading import (
     load_checkpoint,
 )
 
-__all__ = ["CheckpointError", "load_checkpoint_dict", "load_system", "run_dir_of"]
+__all__ = ["CheckpointError", "check_finite_weights", "load_checkpoint_dict", "load_system",
+           "run_dir_of"]
 
 
 class CheckpointError(RuntimeError):
@@ -163,8 +164,49 @@ def _from_train_config(config: str | Path, data_overrides: dict[str, Any] | None
     return cli.model, cli.datamodule
 
 
+def check_finite_weights(state_dict: dict[str, Any], source: str) -> None:
+    """Refuse a state dict with a NaN/inf in any floating tensor, naming the tensor."""
+    for key, tensor in state_dict.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and \
+                not bool(torch.isfinite(tensor).all()):
+            n = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{source}: tensor {key!r} holds {n} non-finite value(s) (NaN or inf); a broken "
+                "network is not evaluated. Use an intact checkpoint (e.g. an earlier epoch's).")
+
+
+def _binarizer_key(value: Any) -> str:
+    """A comparable name of a binarizer given as a string or a ``class_path`` dict."""
+    if isinstance(value, dict):
+        value = str(value.get("class_path", "")).rpartition(".")[2]
+    return "none" if value in (None, "") else str(value).lower().replace("_", "").replace("-", "")
+
+
+def check_same_network(recorded: Any, built: Any, ckpt_path: Path, config: str | Path) -> None:
+    """The network class and binarizer recorded in a checkpoint must be those a config builds.
+
+    Their state-dict keys are often identical (a Hubara and a BC ConvNet), so a strict
+    ``load_state_dict`` alone would evaluate the wrong network.
+    """
+    if not (isinstance(recorded, dict) and isinstance(built, dict)):
+        return  # a system built in Python records no network configuration
+    rec_args, new_args = recorded.get("init_args") or {}, built.get("init_args") or {}
+    pairs = [("network", recorded.get("class_path"), built.get("class_path"))]
+    if "binarizer" in rec_args or "binarizer" in new_args:
+        pairs.append(("binarizer", rec_args.get("binarizer"), new_args.get("binarizer")))
+    for what, old, new in pairs:
+        same = (_binarizer_key(old) == _binarizer_key(new)) if what == "binarizer" else old == new
+        if not same:
+            raise CheckpointError(
+                f"Checkpoint {str(ckpt_path)!r} was trained as {what} {old!r}, but the config "
+                f"{str(config)!r} builds {what} {new!r}; the weights would load into the wrong "
+                "network. Use the config the checkpoint was trained with (or none: the "
+                "checkpoint's own hyperparameters rebuild it).")
+
+
 def _load_weights(system: nn.Module, state_dict: dict[str, Any], ckpt_path: Path,
                   source: str) -> None:
+    check_finite_weights(state_dict, f"Checkpoint {str(ckpt_path)!r}")
     own = system.state_dict()
     missing = sorted(k for k in own if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in own)
@@ -239,6 +281,8 @@ def load_system(
     if config is not None:
         system, datamodule = _from_train_config(config, data_overrides)
         source = f"the training config {str(config)!r}"
+        check_same_network((ckpt.get("hyper_parameters") or {}).get("model"),
+                           dict(getattr(system, "hparams", {}) or {}).get("model"), path, config)
     else:
         hparams = dict(ckpt.get("hyper_parameters") or {})
         if not isinstance(hparams.get("model"), dict):

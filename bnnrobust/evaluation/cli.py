@@ -64,6 +64,9 @@ def build_parser() -> Any:
     p.add_argument("--config", action=ActionConfigFile, help="Evaluation YAML (configs/eval/*.yaml).")
     p.add_argument("--ckpt", type=str | None, default=None,
                    help="Checkpoint written by train.py, or zoo:NAME (bnnrobust.zoo).")
+    p.add_argument("--allow_module", type=list[str], default=[],
+                   help="Modules (besides bnnrobust, torch, torchvision, timm) whose classes the "
+                        "checkpoint may name; checked before anything is imported.")
     p.add_argument("--train_config", type=str | None, default=None,
                    help="Training YAML to rebuild the model (else the checkpoint's hyperparameters).")
     p.add_argument("--attacks", type=list[str | dict[str, Any]] | str | None, default="paper",
@@ -285,7 +288,8 @@ def run(cfg: Any) -> dict[str, Any]:
             ckpt_file = zoo.path(cfg.ckpt)
         except zoo.ZooError as err:
             raise EvalError(str(err)) from None
-    system, datamodule = load_system(ckpt_file, cfg.train_config, data_overrides=cfg.data)
+    system, datamodule = load_system(ckpt_file, cfg.train_config, data_overrides=cfg.data,
+                                     allow_modules=cfg.allow_module)
     net = getattr(system, "model", None)
     model: torch.nn.Module = net if isinstance(net, torch.nn.Module) else system
     dataset = _dataset_name(system, datamodule, cfg.dataset)
