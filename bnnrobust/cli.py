@@ -101,17 +101,34 @@ class BNNRobustCLI(LightningCLI):
         log_dir = Path(cfg.get("log_dir") or DEFAULT_LOG_DIR)
         _check_writable(log_dir)
         trainer_cfg = cfg["trainer"]
-        if trainer_cfg.get("logger") in (None, True):
-            trainer_cfg["logger"] = {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": str(log_dir), "name": name},
-            }
         if cfg["checkpoint"].get("dirpath") is None:
             cfg["checkpoint"]["dirpath"] = str(log_dir / name / "checkpoints")
+        if trainer_cfg.get("logger") in (None, True):
+            init_args: dict[str, Any] = {"save_dir": str(log_dir), "name": name}
+            version = (_resumed_version(cfg, log_dir / name, Path(cfg["checkpoint"]["dirpath"]))
+                       if self.subcommand in (None, "fit") else None)
+            if version is not None:  # a resumed fit continues its TensorBoard run
+                init_args["version"] = version
+            trainer_cfg["logger"] = {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": init_args,
+            }
         if cfg["last_checkpoint"].get("dirpath") is None:
             cfg["last_checkpoint"]["dirpath"] = cfg["checkpoint"]["dirpath"]
         if trainer_cfg.get("default_root_dir") is None:
             trainer_cfg["default_root_dir"] = str(log_dir / name)
+
+
+def _resumed_version(cfg: Any, run_dir: Path, ckpt_dir: Path) -> int | None:
+    """The newest ``version_N`` of ``run_dir`` when this fit resumes a checkpoint, else None."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return None
+    if ckpt == "last" and not (ckpt_dir / "last.ckpt").is_file():
+        return None  # nothing to resume: a fresh run gets a fresh version
+    versions = [int(p.name.split("_", 1)[1]) for p in run_dir.glob("version_*")
+                if p.is_dir() and p.name.split("_", 1)[1].isdigit()]
+    return max(versions) if versions else None
 
 
 def _check_checkpoint_args(cfg: Any) -> None:

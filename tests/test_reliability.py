@@ -239,3 +239,40 @@ def test_truncated_last_checkpoint_is_named_and_an_intact_one_offered(tmp_path: 
     msg = str(info.value.code)
     assert str(last) in msg and "unreadable" in msg
     assert f"--ckpt_path {best}" in msg
+
+
+# -- 9. exact resume ------------------------------------------------------------------------------
+def test_a_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
+    """Kill in epoch 2 (of 3), resume with --ckpt_path last: bit-identical weights, same TB run."""
+    from bnnrobust.training import main as train_main
+
+    (tmp_path / "crash_at.py").write_text(
+        "import lightning as L\n"
+        "class CrashAt(L.Callback):\n"
+        "    def on_train_batch_start(self, trainer, *args):\n"
+        "        if trainer.current_epoch == 2:\n"
+        "            raise RuntimeError('simulated kill')\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        cfg = yaml.safe_load(yaml.safe_dump(TINY))
+        cfg["trainer"]["max_epochs"] = 3
+        # adversarial training: random starts draw from the global generator every step
+        cfg["model"]["class_path"] = "bnnrobust.systems.AdversarialClassifier"
+        cfg["model"]["init_args"]["train_attack"] = {"name": "pgd", "eps": 0.1, "step_size": 0.05,
+                                                     "steps": 1, "random_start": True}
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        common = ["--config", str(path), "--skip_test", "true", "--seed_everything", "3"]
+        train_main([*common, "--log_dir", str(tmp_path / "a")])
+        with pytest.raises(RuntimeError, match="simulated kill"):
+            train_main([*common, "--log_dir", str(tmp_path / "b"),
+                        "--trainer.callbacks+=crash_at.CrashAt"])
+        train_main([*common, "--log_dir", str(tmp_path / "b"), "--ckpt_path", "last"])
+    finally:
+        sys.path.remove(str(tmp_path))
+    a = torch.load(tmp_path / "a/tiny/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b/tiny/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [p.name for p in (tmp_path / "b/tiny").glob("version_*")] == ["version_0"]

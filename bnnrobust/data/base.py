@@ -8,11 +8,11 @@ model config: ``num_classes``, ``in_channels``, ``image_size``, ``mean``, ``std`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -68,10 +68,17 @@ class ImageDataModule(L.LightningDataModule):
                 f"{type(self).__name__}: no {stage} dataset; call setup() first "
                 "(the Trainer does this for you)."
             )
+        # training order: a permutation seeded per epoch (EpochShuffleSampler), so that a run
+        # resumed at epoch k sees exactly the batches the uninterrupted run saw
+        seed = torch.initial_seed()
+        sampler = EpochShuffleSampler(len(dataset), seed) if shuffle else None  # type: ignore[arg-type]
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            # the loader's own generator: creating an iterator draws its worker base seed from
+            # it, not from torch's global generator (whose state a resumed run restores)
+            generator=torch.Generator().manual_seed(seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
@@ -88,6 +95,31 @@ class ImageDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, False, "test")
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order of ``n`` indices that depends only on ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` at the start of every training epoch (as for a
+    ``DistributedSampler``, which replaces this one under DDP), so the order of epoch k is the
+    same whether or not the run was interrupted and resumed before it. ``seed`` defaults to
+    ``torch.initial_seed()`` when the loader is built: ``seed_everything`` fixes it.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class TensorImageDataset(Dataset):
