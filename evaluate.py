@@ -4,7 +4,8 @@
     python evaluate.py --config configs/eval/fmnist.yaml --ckpt PATH --attacks pgd pgd++njs --n 500
 """
 
+from bnnrobust.errors import run_entry_point
 from bnnrobust.evaluation.cli import main
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

@@ -4,7 +4,8 @@
     python train.py --config configs/quickstart.yaml --ckpt_path last   # resume a killed run
 """
 
+from bnnrobust.errors import run_entry_point
 from bnnrobust.training import main
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

@@ -1,6 +1,7 @@
 """``python -m bnnrobust fit|validate|test --config X.yaml`` (LightningCLI)."""
 
 from bnnrobust.cli import main
+from bnnrobust.errors import run_entry_point
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from bnnrobust.data.base import ImageDataModule
+from bnnrobust.errors import fail
 from bnnrobust.safe_loading import UntrustedInputError, check_local_path
 from bnnrobust.systems.classifier import ImageClassifier
 from callbacks.last_checkpoint import LastCheckpoint
@@ -54,6 +56,8 @@ class BNNRobustCLI(LightningCLI):
         }
         trainer_defaults.update(kwargs.pop("trainer_defaults", None) or {})
         kwargs["trainer_defaults"] = trainer_defaults
+        argv = kwargs.get("args")
+        check_config_files(sys.argv[1:] if argv is None else [str(a) for a in argv])
         super().__init__(ImageClassifier, ImageDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -117,6 +121,26 @@ class BNNRobustCLI(LightningCLI):
             cfg["last_checkpoint"]["dirpath"] = cfg["checkpoint"]["dirpath"]
         if trainer_cfg.get("default_root_dir") is None:
             trainer_cfg["default_root_dir"] = str(log_dir / name)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Each ``--config FILE`` exists and holds a YAML mapping; else an error naming the file."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            fail(f"error: the config file {name!r} does not exist.")
+        try:
+            body = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            fail(f"error: the config file {name!r} is not valid YAML: "
+                 f"{' '.join(str(err).split())}")
+        if not isinstance(body, dict) or not body:
+            fail(
+                f"error: the config file {name!r} is empty or not a mapping of sections (found "
+                f"{type(body).__name__}); a config has model:, data: and trainer: sections, "
+                "e.g. configs/quickstart.yaml.")
 
 
 def _resumed_version(cfg: Any, run_dir: Path, ckpt_dir: Path) -> int | None:

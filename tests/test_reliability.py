@@ -276,3 +276,41 @@ def test_a_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path: 
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert [p.name for p in (tmp_path / "b/tiny").glob("version_*")] == ["version_0"]
+
+
+# -- 11. errors a person can read ----------------------------------------------------------------
+@pytest.mark.parametrize("override, names", [
+    (["--model.init_args.model.init_args.width", "0"], "width must be"),
+    (["--data.init_args.batch_size", "0"], "batch_size must be a positive integer, got 0"),
+    (["--model.init_args.model.init_args.binarizer", "nosuch"], "nosuch"),
+    (["--model.init_args.test_attacks", "[{name: pgd, eps: -0.1}]"], "eps"),
+    (["--empty"], "is empty or not a mapping"),
+])
+def test_config_errors_are_one_paragraph_without_traceback(tmp_path: Path, override: list[str],
+                                                           names: str) -> None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = _tiny_config(tmp_path)
+    if override == ["--empty"]:
+        cfg.write_text("")
+        override = []
+    proc = subprocess.run([sys.executable, str(root / "train.py"), "--config", str(cfg),
+                           "--log_dir", str(tmp_path / "logs"), *override],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**__import__("os").environ, "BNNROBUST_DEBUG": ""})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and names in proc.stderr, proc.stderr[-2000:]
+
+
+def test_debug_flag_keeps_the_traceback(tmp_path: Path) -> None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "train.py"), "--config",
+                           str(_tiny_config(tmp_path)), "--log_dir", str(tmp_path / "logs"),
+                           "--data.init_args.batch_size", "0", "--debug"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
