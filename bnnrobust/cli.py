@@ -35,6 +35,28 @@ from callbacks.last_checkpoint import LastCheckpoint
 
 DEFAULT_LOG_DIR = "logs"
 
+#: values the system and the network take from the data module (never set them directly)
+LINKS: tuple[tuple[str, str], ...] = (
+    ("data.num_classes", "model.init_args.num_classes"),
+    ("data.mean", "model.init_args.mean"),
+    ("data.std", "model.init_args.std"),
+    ("data.dataset_name", "model.init_args.attack_dataset"),
+    ("data.num_classes", "model.init_args.model.init_args.num_classes"),
+    ("data.in_channels", "model.init_args.model.init_args.in_channels"),
+)
+
+
+def check_no_linked_flags(argv: list[str]) -> None:
+    """A flag that sets a linked value would be silently overridden: refuse it, naming both."""
+    for arg in argv:
+        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        for source, target in LINKS:
+            if key == target:
+                fail(f"error: --{target} is set from the data module ({source}) and would be "
+                     f"ignored; drop the flag and set the data module's value instead (e.g. "
+                     f"--{source.replace('data.', 'data.init_args.')} for data modules that "
+                     "take it, or choose another data module).")
+
 
 def _run_name(config_paths: list[str]) -> str:
     if config_paths:
@@ -57,7 +79,9 @@ class BNNRobustCLI(LightningCLI):
         trainer_defaults.update(kwargs.pop("trainer_defaults", None) or {})
         kwargs["trainer_defaults"] = trainer_defaults
         argv = kwargs.get("args")
-        check_config_files(sys.argv[1:] if argv is None else [str(a) for a in argv])
+        argv_list = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        check_config_files(argv_list)
+        check_no_linked_flags(argv_list)
         super().__init__(ImageClassifier, ImageDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -79,14 +103,7 @@ class BNNRobustCLI(LightningCLI):
         parser.add_argument("--allow_remote_checkpoint", type=bool, default=False,
                             help="Accept a remote --ckpt_path (http://, s3://, ...); it is still "
                                  "loaded with weights_only=True.")
-        for source, target in (
-            ("data.num_classes", "model.init_args.num_classes"),
-            ("data.mean", "model.init_args.mean"),
-            ("data.std", "model.init_args.std"),
-            ("data.dataset_name", "model.init_args.attack_dataset"),
-            ("data.num_classes", "model.init_args.model.init_args.num_classes"),
-            ("data.in_channels", "model.init_args.model.init_args.in_channels"),
-        ):
+        for source, target in LINKS:
             parser.link_arguments(source, target, apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:

@@ -314,3 +314,16 @@ def test_debug_flag_keeps_the_traceback(tmp_path: Path) -> None:
                            "--data.init_args.batch_size", "0", "--debug"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+# -- 6. a linked value given on the command line -------------------------------------------------
+def test_a_flag_for_a_linked_value_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bnnrobust.training import main as train_main
+
+    with pytest.raises(SystemExit) as info:
+        train_main(["--config", str(_tiny_config(tmp_path)), "--log_dir", str(tmp_path / "logs"),
+                    "--model.init_args.model.init_args.num_classes", "5"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model.init_args.model.init_args.num_classes is set from the data module" in err
+    assert "data.num_classes" in err
