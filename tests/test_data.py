@@ -102,6 +102,26 @@ def test_cifar100_loads_tiny_files(tmp_path: Path) -> None:
     assert dm.num_classes == 100 and dm.dataset_name == "cifar100"
 
 
+def test_offline_cifar_download_is_one_paragraph_naming_data_dir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    # no network in tests: the download itself is what fails offline
+    monkeypatch.setattr(torchvision.datasets.utils, "urlretrieve", offline, raising=False)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", lambda self: offline())
+    dm = CIFAR10DataModule(data_dir=str(tmp_path / "d"), num_workers=0, download=True)
+    with pytest.raises(FileNotFoundError) as info:
+        dm.prepare_data()
+    msg = str(info.value)
+    assert "cannot reach" in msg and "cifar-10-python.tar.gz" in msg
+    assert repr(str(tmp_path / "d")) in msg and "cifar-10-batches-py" in msg
+
+
 def test_missing_cifar_names_the_folder_and_the_fix(tmp_path: Path) -> None:
     dm = CIFAR10DataModule(data_dir=str(tmp_path / "nowhere"), num_workers=0)
     with pytest.raises(FileNotFoundError, match="download true"):

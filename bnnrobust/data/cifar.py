@@ -69,6 +69,16 @@ class _CIFARDataModule(ImageDataModule):
         cls = _present(self.torchvision_cls)
         try:
             return cls(self.data_dir, train=train, download=download)
+        except OSError as err:  # URLError, DNS and socket errors: no internet here
+            folder = Path(self.data_dir) / self.torchvision_cls.base_folder
+            raise FileNotFoundError(
+                f"Downloading {self.torchvision_cls.__name__} failed ({type(err).__name__}: "
+                f"{' '.join(str(err).split())}): this machine cannot reach "
+                f"{self.torchvision_cls.url}. On a machine with internet access download "
+                f"{self.torchvision_cls.filename} from that address, then either place the "
+                f"archive in data_dir={self.data_dir!r} or unpack it so that {folder} holds "
+                "its files, and run again with --data.init_args.download false."
+            ) from None
         except RuntimeError as err:
             folder = Path(self.data_dir) / self.torchvision_cls.base_folder
             raise FileNotFoundError(
