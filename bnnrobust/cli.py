@@ -7,12 +7,15 @@ configs. Shared behaviour:
 * the system (``model:``) and data module (``data:``) are chosen by ``class_path``;
 * ``num_classes``/``in_channels`` of the network, normalization statistics and the dataset
   name for attack presets are linked from the data module, so configs never repeat them;
-* ``Trainer(inference_mode=False)`` (attacks need gradients in validate/test), a
-  TensorBoard logger under ``logs/<run name>/version_N`` with the resolved config saved next to
-  the events, and checkpoints in ``logs/<run name>/checkpoints``: the best by ``val/clean_acc``
-  (``--checkpoint.*``) and ``last.ckpt``, rewritten after every epoch by
-  :class:`callbacks.last_checkpoint.LastCheckpoint` (``--last_checkpoint.*``), so that
-  ``--ckpt_path last`` resumes a killed run from its last finished epoch.
+* ``Trainer(inference_mode=False)`` (attacks need gradients in validate/test);
+* one folder per run, Lightning's layout: ``<log dir>/<run name>/version_N/`` (log dir:
+  ``--log_dir``, else ``--trainer.default_root_dir``, else ``logs``) holds the TensorBoard
+  events, the resolved ``config.yaml`` (reusable with ``--config``) and ``checkpoints/``: the
+  best by ``val/clean_acc`` (``--checkpoint.*``) and ``last.ckpt``, rewritten after every
+  epoch by :class:`callbacks.last_checkpoint.LastCheckpoint` (``--last_checkpoint.*``);
+  ``--ckpt_path last`` resumes the newest run of that name in its own folder;
+* ``validate``/``test``/``predict --ckpt_path X`` rebuild the model from X's hyperparameters
+  (a config is optional; flags still win); every checkpoint loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -24,16 +27,24 @@ from typing import Any
 
 import torch
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from bnnrobust.data.base import ImageDataModule
 from bnnrobust.errors import fail
-from bnnrobust.safe_loading import UntrustedInputError, check_local_path
+from bnnrobust.safe_loading import (
+    UntrustedInputError,
+    check_class_paths,
+    check_local_path,
+    is_remote,
+)
 from bnnrobust.systems.classifier import ImageClassifier
 from callbacks.last_checkpoint import LastCheckpoint
 
 DEFAULT_LOG_DIR = "logs"
+#: the run version rank 0 chose, for the processes DDP starts (see :func:`run_version`)
+RUN_VERSION_ENV = "BNNROBUST_RUN_VERSION"
 
 #: values the system and the network take from the data module (never set them directly)
 LINKS: tuple[tuple[str, str], ...] = (
@@ -44,6 +55,88 @@ LINKS: tuple[tuple[str, str], ...] = (
     ("data.num_classes", "model.init_args.model.init_args.num_classes"),
     ("data.in_channels", "model.init_args.model.init_args.in_channels"),
 )
+
+
+_EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+
+
+def with_checkpoint_hparams(argv: list[str]) -> list[str]:
+    """``argv`` with ``--config <hyperparameters of --ckpt_path>`` inserted (see parse_arguments)."""
+    sub = next((a for a in argv if not a.startswith("-")), None)
+    if sub not in _EVAL_SUBCOMMANDS:
+        return argv
+    ckpt = None
+    for i, a in enumerate(argv):
+        if a == "--ckpt_path" and i + 1 < len(argv):
+            ckpt = argv[i + 1]
+        elif a.startswith("--ckpt_path="):
+            ckpt = a.split("=", 1)[1]
+    if ckpt is None or is_remote(ckpt) or not Path(ckpt).is_file():
+        return argv
+    from bnnrobust.evaluation.checkpoint import CheckpointError, load_checkpoint_dict
+
+    try:
+        blob = load_checkpoint_dict(ckpt)
+        check_class_paths({"hyper_parameters": blob.get("hyper_parameters"),
+                           "datamodule_hyper_parameters": blob.get("datamodule_hyper_parameters")},
+                          f"Checkpoint {ckpt!r}")
+    except (CheckpointError, UntrustedInputError) as err:
+        fail(f"error: {err}")
+    body = {}
+    for section, key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
+        hp = dict(blob.get(key) or {})
+        if not hp.get("_class_path") or (section == "model" and not isinstance(hp.get("model"), dict)):
+            continue  # built in Python: the config must describe it
+        linked = {t.split(".")[-1] for s_, t in LINKS if t.count(".") == 2} if section == "model" else set()
+        init = {k: v for k, v in hp.items() if k not in ("_class_path", "_instantiator")
+                and k not in linked}
+        if section == "model" and isinstance(init.get("model"), dict):
+            net = dict(init["model"])
+            net["init_args"] = {k: v for k, v in (net.get("init_args") or {}).items()
+                                if k not in ("num_classes", "in_channels")}
+            init["model"] = net
+        body[section] = {"class_path": hp["_class_path"], "init_args": init}
+    if not body:
+        return argv
+    import tempfile
+
+    tmp = tempfile.NamedTemporaryFile("w", suffix="_ckpt_hparams.yaml", delete=False)
+    with tmp:
+        yaml.safe_dump(body, tmp, sort_keys=False)
+    configs = [i for i, a in enumerate(argv) if a == "--config"]
+    at = (configs[-1] + 2) if configs else argv.index(sub) + 1
+    return [*argv[:at], "--config", tmp.name, *argv[at:]]
+
+
+class ReusableConfig(SaveConfigCallback):
+    """Saves the run's ``config.yaml`` without the options of one invocation (``ckpt_path``,
+    ``skip_test``, ``summary_json``), so ``--config <run>/config.yaml`` is accepted back by
+    ``train.py`` and by ``python -m bnnrobust fit``."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        config = self.config.clone()
+        for key in ("ckpt_path", "skip_test", "summary_json", "config"):
+            if key in config:
+                del config[key]
+        # the run folder this invocation chose (logger version, checkpoint folders) is not
+        # a setting: a reused config gets a folder of its own
+        logger = config.get("trainer.logger")
+        init = getattr(logger, "init_args", None) or (logger or {}).get("init_args", {}) \
+            if isinstance(logger, dict | Namespace) else None
+        if init is not None and set(dict(init)) == {"save_dir", "name", "version"}:
+            config["trainer.logger"] = None
+        for key in ("checkpoint.dirpath", "last_checkpoint.dirpath", "trainer.default_root_dir"):
+            value = config.get(key)
+            if value is not None and _in_version_folder(str(value)):
+                config[key] = None
+        self.config = config
+        super().setup(trainer, pl_module, stage)
+
+
+def _in_version_folder(path: str) -> bool:
+    parts = Path(path).parts
+    tail = parts[-2:] if parts and parts[-1] == "checkpoints" else parts[-1:]
+    return bool(tail) and tail[0].startswith("version_") and tail[0][8:].isdigit()
 
 
 def check_no_linked_flags(argv: list[str]) -> None:
@@ -71,6 +164,7 @@ class BNNRobustCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", ReusableConfig)
         kwargs.setdefault("auto_configure_optimizers", False)
         trainer_defaults = {
             "inference_mode": False,
@@ -106,38 +200,60 @@ class BNNRobustCLI(LightningCLI):
         for source, target in LINKS:
             parser.link_arguments(source, target, apply_on="instantiate")
 
-    def _parse_ckpt_path(self) -> None:
-        """Keep the config as given: the checkpoint supplies weights, not settings.
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """``validate``/``test``/``predict --ckpt_path X`` rebuild the model from X's hyperparameters.
 
-        LightningCLI would otherwise write the hyperparameters stored in ``--ckpt_path`` back
-        over the parsed config, silently undoing command-line flags such as
-        ``--model.init_args.test_attacks`` in ``test``.
+        They are read safely (``weights_only=True``, classes allow-listed before any import)
+        and applied after the ``--config`` files and before the other flags, so a config is
+        optional and flags such as ``--model.init_args.test_attacks`` still win.
         """
+        if args is None or isinstance(args, list):
+            argv = list(sys.argv[1:] if args is None else args)
+            new = with_checkpoint_hparams(argv)
+            if new != argv:
+                if args is None:
+                    sys.argv[1:] = new
+                else:
+                    args = new
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Done in :meth:`parse_arguments` instead: LightningCLI's version writes the
+        checkpoint's hyperparameters over the parsed config, undoing command-line flags."""
 
     # -- run folder, logger and checkpoint location ------------------------------------------
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         _check_checkpoint_args(cfg)
         name = cfg.get("run_name") or _run_name([str(p) for p in (cfg.get("config") or [])])
-        log_dir = Path(cfg.get("log_dir") or DEFAULT_LOG_DIR)
-        _check_writable(log_dir)
         trainer_cfg = cfg["trainer"]
-        if cfg["checkpoint"].get("dirpath") is None:
-            cfg["checkpoint"]["dirpath"] = str(log_dir / name / "checkpoints")
+        log_dir = Path(cfg.get("log_dir") or DEFAULT_LOG_DIR)
+        if trainer_cfg.get("default_root_dir") is not None and cfg.get("log_dir") == DEFAULT_LOG_DIR:
+            log_dir = Path(trainer_cfg["default_root_dir"])  # Lightning's flag names the root
+        _check_writable(log_dir)
+        fitting = self.subcommand in (None, "fit")
+        if cfg.get("ckpt_path") == "last":
+            given = cfg["last_checkpoint"].get("dirpath") or cfg["checkpoint"].get("dirpath")
+            if given is not None and (Path(given) / "last.ckpt").is_file():
+                cfg["ckpt_path"] = str(Path(given) / "last.ckpt")  # an explicit folder wins
+            else:
+                cfg["ckpt_path"] = latest_checkpoint(log_dir / name) if fitting else None
+            if cfg["ckpt_path"] is None:
+                print(f"[bnnrobust] no last checkpoint under {log_dir / name}; starting from "
+                      "scratch.", file=sys.stderr)
+        version = run_version(log_dir / name, cfg.get("ckpt_path") if fitting else None)
+        run_dir = log_dir / name / f"version_{version}"
         if trainer_cfg.get("logger") in (None, True):
-            init_args: dict[str, Any] = {"save_dir": str(log_dir), "name": name}
-            version = (_resumed_version(cfg, log_dir / name, Path(cfg["checkpoint"]["dirpath"]))
-                       if self.subcommand in (None, "fit") else None)
-            if version is not None:  # a resumed fit continues its TensorBoard run
-                init_args["version"] = version
             trainer_cfg["logger"] = {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": init_args,
+                "init_args": {"save_dir": str(log_dir), "name": name, "version": version},
             }
+        if cfg["checkpoint"].get("dirpath") is None:
+            cfg["checkpoint"]["dirpath"] = str(run_dir / "checkpoints")
         if cfg["last_checkpoint"].get("dirpath") is None:
             cfg["last_checkpoint"]["dirpath"] = cfg["checkpoint"]["dirpath"]
         if trainer_cfg.get("default_root_dir") is None:
-            trainer_cfg["default_root_dir"] = str(log_dir / name)
+            trainer_cfg["default_root_dir"] = str(run_dir)
 
 
 def check_config_files(argv: list[str]) -> None:
@@ -160,16 +276,41 @@ def check_config_files(argv: list[str]) -> None:
                 "e.g. configs/quickstart.yaml.")
 
 
-def _resumed_version(cfg: Any, run_dir: Path, ckpt_dir: Path) -> int | None:
-    """The newest ``version_N`` of ``run_dir`` when this fit resumes a checkpoint, else None."""
-    ckpt = cfg.get("ckpt_path")
-    if ckpt is None:
-        return None
-    if ckpt == "last" and not (ckpt_dir / "last.ckpt").is_file():
-        return None  # nothing to resume: a fresh run gets a fresh version
-    versions = [int(p.name.split("_", 1)[1]) for p in run_dir.glob("version_*")
-                if p.is_dir() and p.name.split("_", 1)[1].isdigit()]
-    return max(versions) if versions else None
+def _versions(run_root: Path) -> list[int]:
+    return sorted(int(p.name.split("_", 1)[1]) for p in run_root.glob("version_*")
+                  if p.is_dir() and p.name.split("_", 1)[1].isdigit())
+
+
+def latest_checkpoint(run_root: Path) -> str | None:
+    """``last.ckpt`` of the newest run of this name (``<run_root>/version_N/checkpoints``).
+
+    A checkpoint in the older layout ``<run_root>/checkpoints/last.ckpt`` counts too.
+    """
+    found = [run_root / f"version_{v}" / "checkpoints" / "last.ckpt" for v in _versions(run_root)]
+    found = [p for p in found if p.is_file()]
+    if not found and (run_root / "checkpoints" / "last.ckpt").is_file():
+        found = [run_root / "checkpoints" / "last.ckpt"]
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
+def run_version(run_root: Path, resume_from: str | None) -> int:
+    """The ``version_N`` of this run: the resumed checkpoint's, else the next free one.
+
+    Processes that DDP starts for ranks > 0 read rank 0's choice from the environment.
+    """
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_VERSION_ENV):
+        return int(os.environ[RUN_VERSION_ENV])
+    version = None
+    if resume_from is not None:
+        parent = Path(resume_from).resolve().parent
+        if parent.name == "checkpoints" and parent.parent.name.startswith("version_") and \
+                parent.parent.name.split("_", 1)[1].isdigit():
+            version = int(parent.parent.name.split("_", 1)[1])
+    if version is None:
+        existing = _versions(run_root)
+        version = existing[-1] + 1 if existing else 0
+    os.environ[RUN_VERSION_ENV] = str(version)
+    return version
 
 
 def _check_checkpoint_args(cfg: Any) -> None:

@@ -478,6 +478,9 @@ def _train_stage(ctx: Context, spec: ModelSpec) -> Stage:
             return _reuse_zoo(ctx, spec, cfg, max_epochs, cfg_path)
         args = ["--config", str(cfg_path), "--log_dir", str(ctx.out / "runs"),
                 "--run_name", spec.key, "--skip_test", "true",
+                # one fixed folder per network (not a new version_N per invocation): a rerun
+                # resumes the same last.ckpt
+                "--checkpoint.dirpath", str(ctx.last_ckpt(spec.key).parent),
                 "--seed_everything", str(ctx.settings.seed),
                 "--summary_json", str(ctx.run_dir(spec.key) / "summary.json"),
                 "--trainer.enable_progress_bar", str(bool(ctx.progress and sys.stdout.isatty())).lower()]

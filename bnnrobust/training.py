@@ -103,7 +103,9 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         for res in results:
             metrics.update({k: float(v) for k, v in res.items()})
     if cli.trainer.is_global_zero:
-        name = cfg.get("run_name") or Path(str(cli.trainer.default_root_dir)).name
+        logger = cli.trainer.logger
+        name = cfg.get("run_name") or (f"{logger.name}/version_{logger.version}" if logger
+                                       else Path(str(cli.trainer.default_root_dir)).name)
         print(format_summary(name, metrics))
         if cfg.get("summary_json"):
             Path(cfg["summary_json"]).parent.mkdir(parents=True, exist_ok=True)

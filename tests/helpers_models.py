@@ -77,6 +77,6 @@ def train_tiny(folder: str, **kwargs: object) -> tuple[str, str]:
     config = write_train_config(folder, **kwargs)  # type: ignore[arg-type]
     main(["--config", config, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
           "--skip_test", "true"])
-    ckpt = Path(folder) / "logs" / Path(config).stem / "checkpoints" / "last.ckpt"
+    ckpt = Path(folder) / "logs" / Path(config).stem / "version_0" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file(), f"training wrote no checkpoint at {ckpt}"
     return str(ckpt), config

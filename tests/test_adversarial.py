@@ -476,8 +476,8 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = json.loads(summary.read_text())  # 32 samples / 2 ranks / 8 = 2 steps = 1 epoch
     assert "val/clean_acc" in metrics, metrics
-    last = tmp_path / "logs/adv_convnet_md_tanh_s/checkpoints/last.ckpt"
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    last = tmp_path / "logs/adv_convnet_md_tanh_s/version_0/checkpoints/last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
     njs = ckpt["adversarial_njs"]
     assert njs["step"] == 1 and njs["beta1"] > 0 and njs["x_ref"].shape == (8, 1, 12, 12)

@@ -55,7 +55,7 @@ def scalar_tags(run_dir: Path) -> dict[str, int]:
 def test_train_logs_tensorboard_tags_config_and_checkpoints(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, max_epochs=2)
     metrics = train_main(["--config", str(cfg), "--log_dir", str(tmp_path / "logs")])
-    run = tmp_path / "logs" / "tiny"
+    run = tmp_path / "logs" / "tiny" / "version_0"
     tags = scalar_tags(run)
     for tag in ("train/loss", "train/acc_step", "train/acc_epoch", "val/loss", "val/clean_acc",
                 "test/clean_acc"):
@@ -63,7 +63,7 @@ def test_train_logs_tensorboard_tags_config_and_checkpoints(tmp_path: Path) -> N
     assert tags["val/clean_acc"] == 2  # once per epoch
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
-    saved = list(run.glob("version_*/config.yaml"))
+    saved = list(run.glob("config.yaml"))
     assert saved, "resolved config not saved next to the events"
     resolved = yaml.safe_load(saved[0].read_text())
     assert resolved["model"]["init_args"]["model"]["class_path"] == "bnnrobust.models.ConvNet"
@@ -116,7 +116,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path,
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_main(["--config", str(cfg), "--log_dir", logs, "--skip_test", "true",
                     "--trainer.callbacks+=crash_cb.CrashAt"])
-    last = tmp_path / "logs" / "tiny" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "logs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 1
     steps_per_epoch = 96 // 16
     train_main(["--config", str(cfg), "--log_dir", logs, "--skip_test", "true",
@@ -142,7 +142,7 @@ def test_last_checkpoint_follows_the_last_epoch_not_the_best(tmp_path: Path,
             "--trainer.callbacks+=worse_cb.GetsWorse", "--checkpoint.monitor", "val/score",
             "--checkpoint.mode", "max"]
     train_main(args)
-    ckpts = tmp_path / "logs" / "tiny" / "checkpoints"
+    ckpts = tmp_path / "logs" / "tiny" / "version_0" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch0-step6.ckpt", "last.ckpt"]
     last = torch.load(ckpts / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 18)
@@ -161,7 +161,7 @@ def test_cli_subcommands_fit_and_test(tmp_path: Path, capsys: pytest.CaptureFixt
     cfg = write_config(tmp_path)
     logs = str(tmp_path / "logs")
     cli_main(["fit", "--config", str(cfg), "--log_dir", logs])
-    last = tmp_path / "logs" / "tiny" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "logs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     assert last.is_file()
     capsys.readouterr()
     # flags given to `test` win over the settings stored in the checkpoint
@@ -218,7 +218,7 @@ def test_ddp_two_cpu_processes_train_log_and_checkpoint(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "logs" / "tiny"
+    run = tmp_path / "logs" / "tiny" / "version_0"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     # 96 samples, 2 ranks, batch 16: 3 optimizer steps per epoch on each rank

@@ -66,7 +66,7 @@ def test_eval_config_parses_and_names_known_attacks(path: Path) -> None:
     for spec in cfg.attacks:
         assert _base_name(spec) in known, f"{path.name}: unknown attack {spec!r}"
         if _base_name(spec) == "transfer":  # the source is a training run's checkpoint
-            assert re.fullmatch(r"logs/\w+/checkpoints/last\.ckpt", spec["source"]), spec
+            assert re.fullmatch(r"logs/\w+/version_\d+/checkpoints/last\.ckpt", spec["source"]), spec
 
     def tiny_source(ckpt: str) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.LazyLinear(10))

@@ -61,4 +61,4 @@ def test_quickstart_trains_ref_and_bnn_and_prints_the_comparison(
         assert "test/pgd++njs_acc" in metrics
     out = capsys.readouterr().out
     assert "| float REF |" in out and "| BNN-WQ (BC) |" in out
-    assert (tmp_path / "logs" / "quickstart_bc" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "logs" / "quickstart_bc" / "version_0" / "checkpoints" / "last.ckpt").is_file()

@@ -55,7 +55,7 @@ def _trained_checkpoint(tmp_path: Path) -> Path:
 
     train_main(["--config", str(_tiny_config(tmp_path)), "--log_dir", str(tmp_path / "logs"),
                 "--skip_test", "true"])
-    last = tmp_path / "logs" / "tiny" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "logs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     assert last.is_file()
     return last
 
@@ -270,8 +270,8 @@ def test_a_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path: 
         train_main([*common, "--log_dir", str(tmp_path / "b"), "--ckpt_path", "last"])
     finally:
         sys.path.remove(str(tmp_path))
-    a = torch.load(tmp_path / "a/tiny/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "b/tiny/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    a = torch.load(tmp_path / "a/tiny/version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b/tiny/version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key

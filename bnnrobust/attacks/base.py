@@ -127,9 +127,9 @@ def check_eps(eps: float, norm: object) -> float:
         raise ValueError(f"eps must be a finite number >= 0 in [0, 1] pixel units, got {eps!r}.")
     if str(getattr(norm, "value", norm)).lower() in ("linf", "inf") and value > 1:
         raise ValueError(
-            f"eps {eps!r} is larger than 1, but an L∞ eps is in [0, 1] pixel units (images are "
-            f"scaled to [0, 1]); a value in 0-255 units must be divided by 255: eps {eps}/255 = "
-            f"{value / 255:.6g}.")
+            f"eps={value:g} is larger than 1, but an L∞ eps is in [0, 1] pixel units (images are "
+            f"scaled to [0, 1]); a value in 0-255 units must be divided by 255: "
+            f"eps={value:g}/255 = {value / 255:.6g}.")
     return value
 
 

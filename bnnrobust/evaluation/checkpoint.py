@@ -61,7 +61,7 @@ def load_checkpoint_dict(ckpt_path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(
             f"Checkpoint {str(path)!r} does not exist. Give the path of a .ckpt file written by "
-            "train.py (e.g. logs/<run>/checkpoints/last.ckpt)."
+            "train.py (e.g. logs/<run>/version_0/checkpoints/last.ckpt)."
         )
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} is not a file (a directory?).")

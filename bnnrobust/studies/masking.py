@@ -144,14 +144,17 @@ def train_to(run: Run, epoch: int, out: Path, *, synthetic: bool = False,
     cfg_path.write_text(f"# python -m bnnrobust.studies.masking: configs/fmnist/{run.config} "
                         f"with {json.dumps(run.model)} (trained to epoch {epoch})\n"
                         + yaml.safe_dump(cfg, sort_keys=False))
-    last = out / "runs" / run.key / "checkpoints" / "last.ckpt"
+    from bnnrobust.cli import latest_checkpoint
+
+    found = latest_checkpoint(out / "runs" / run.key)
     args = ["--config", str(cfg_path), "--log_dir", str(out / "runs"), "--run_name", run.key,
             "--skip_test", "true", "--seed_everything", "0",
             "--trainer.enable_progress_bar", "false"]
-    if last.is_file():
+    if found is not None:
         args += ["--ckpt_path", "last"]
     t0 = time.perf_counter()
     train_main(args)
+    last = Path(latest_checkpoint(out / "runs" / run.key) or out / "runs" / run.key / "last.ckpt")
     if not last.is_file() or _ckpt_epoch(last) != epoch - 1:
         raise StudyError(f"Training {run.key} to epoch {epoch} did not leave {last} at that epoch.")
     target.parent.mkdir(parents=True, exist_ok=True)
