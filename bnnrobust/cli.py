@@ -98,11 +98,13 @@ def with_checkpoint_hparams(argv: list[str]) -> list[str]:
         body[section] = {"class_path": hp["_class_path"], "init_args": init}
     if not body:
         return argv
+    import atexit
     import tempfile
 
     tmp = tempfile.NamedTemporaryFile("w", suffix="_ckpt_hparams.yaml", delete=False)
     with tmp:
         yaml.safe_dump(body, tmp, sort_keys=False)
+    atexit.register(Path(tmp.name).unlink, missing_ok=True)
     configs = [i for i, a in enumerate(argv) if a == "--config"]
     at = (configs[-1] + 2) if configs else argv.index(sub) + 1
     return [*argv[:at], "--config", tmp.name, *argv[at:]]
