@@ -640,6 +640,73 @@ def _signal_stage(ctx: Context) -> Stage:
                  [out, out.with_suffix(".md")], run_it, [f"train/{m.key}" for m in MODELS])
 
 
+def _clever_stage(ctx: Context) -> Stage:
+    """Paper Table 10: ART's CLEVER (L1, 50 × 10, radius 5) under the four temperatures."""
+    out = ctx.out / "clever.json"
+    s = ctx.settings
+
+    def run_it() -> dict[str, Any]:
+        from bnnrobust.metrics.clever import clever_table
+
+        body: dict[str, Any] = {"n": s.clever_n, "models": {}}
+        for key in s.clever_models:
+            x, y = ctx.test_data(key, s.clever_n)
+            table = clever_table(ctx.model(key), x, y, progress=ctx.progress,
+                                 nb_batches=s.clever_batches, batch_size=s.clever_batch_size,
+                                 radius=s.clever_radius, norm=1, seed=s.seed)
+            body["models"][key] = {"label": _BY_KEY[key].label, **table}
+            _log(f"  {_BY_KEY[key].label}: mean CLEVER " + ", ".join(
+                f"{n} {v['mean']:.4f}" for n, v in table["summary"].items()))
+        _write_json(out, body)
+        return {"models": len(s.clever_models)}
+
+    # per image and variant: (d − 1) targets × nb_batches backward passes of batch_size images
+    est = (len(s.clever_models) * s.clever_n * 4 * 9 * s.clever_batches * s.clever_batch_size
+           * 1.5 * ctx.step_seconds + 10.0)
+    return Stage("clever", "CLEVER under temperature (paper Table 10)", est, [out], run_it,
+                 [f"train/{k}" for k in s.clever_models])
+
+
+#: the paper's Table 10 (mean CLEVER score, L1, CIFAR-10 ResNet-18)
+PAPER_CLEVER: dict[str, dict[str, float]] = {
+    "wq_md_tanh_s": {"original": 0.8585, "heuristic": 0.8845, "njs": 0.4139, "hns": 0.3450},
+    "waq_hubara": {"original": 0.7239, "heuristic": 3.1578, "njs": 0.3120, "hns": 0.2774},
+}
+
+
+def clever_findings(clever: Mapping[str, Any] | None) -> list[Finding]:
+    """Table 10: do NJS/HNS lower the CLEVER estimate, and β = 0.01 not?"""
+    out: list[Finding] = []
+    for key, body in ((clever or {}).get("models") or {}).items():
+        m = {k: v["mean"] for k, v in body["summary"].items()}
+        p = PAPER_CLEVER.get(key, {})
+        if not all(math.isfinite(m.get(k, float("nan"))) for k in ("original", "njs", "hns")):
+            continue
+        best = min(m["njs"], m["hns"])
+        rel = (m["original"] - best) / m["original"] if m["original"] else 0.0
+        out.append(Finding(
+            "Table 10", f"NJS/HNS lower the CLEVER score of {body['label']} (a tighter bound)",
+            f"original {m['original']:.4f} → NJS {m['njs']:.4f}, HNS {m['hns']:.4f} "
+            f"({100 * rel:+.1f} %)",
+            f"{p.get('original', float('nan')):.4f} → {p.get('njs', float('nan')):.4f}, "
+            f"{p.get('hns', float('nan')):.4f}" if p else "n/a",
+            "agrees" if rel >= 0.1 else "partly agrees" if rel > 0.01 else "differs"))
+    return out
+
+
+def _clever_table(clever: Mapping[str, Any]) -> list[str]:
+    rows = ["| network | scored images | original (β = 1) | heuristic (β = 0.01) | NJS | HNS |"
+            " paper: original / heuristic / NJS / HNS |", "|---|---:|---:|---:|---:|---:|---|"]
+    for key, body in clever.get("models", {}).items():
+        m = body["summary"]
+        p = PAPER_CLEVER.get(key)
+        paper = " / ".join(f"{p[k]:.4f}" for k in ("original", "heuristic", "njs", "hns")) \
+            if p else "n/a"
+        rows.append(f"| {body['label']} | {body['n_scored']} | " + " | ".join(
+            f"{m[k]['mean']:.4f}" for k in ("original", "heuristic", "njs", "hns")) + f" | {paper} |")
+    return rows
+
+
 def _sweep_stage(ctx: Context, spec: ModelSpec) -> Stage:
     js = ctx.sweep_json(spec.key)
 
@@ -1199,7 +1266,9 @@ def build_report(ctx: Context) -> tuple[str, dict[str, Any]]:
     peers = _read_json(peer_path) if peer_path.is_file() else None
     rho_path = out / "rho_ablation.json"
     rho = _read_json(rho_path) if rho_path.is_file() else None
-    found = findings(evals, signal, sweeps, peers) + rho_findings(rho)
+    clever_path = out / "clever.json"
+    clever = _read_json(clever_path) if clever_path.is_file() else None
+    found = findings(evals, signal, sweeps, peers) + rho_findings(rho) + clever_findings(clever)
     manifest = _read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
     stage_times = manifest.get("stage_seconds", {})
 
@@ -1291,6 +1360,19 @@ def build_report(ctx: Context) -> tuple[str, dict[str, Any]]:
                   f"[JSON]({_rel(rho_path, md_dir)})")
         md.append("")
         md += _rho_tables(rho)
+    if clever:
+        md.append("## CLEVER under temperature (paper Table 10)")
+        md.append("")
+        md.append(f"Mean CLEVER score (ART's `clever_u`, L1 norm, {s.clever_batches} batches of "
+                  f"{s.clever_batch_size}, radius {s.clever_radius:g}) of the correctly classified "
+                  f"images among the first {clever.get('n')} test images, on the logits scaled by "
+                  "β = 1, 0.01, NJS's β1 and each image's HNS β*. Scaling the logits scales the "
+                  "margin and its gradients alike, so the estimate is β-invariant in exact "
+                  "arithmetic; only the numerics can move it (bnnrobust.metrics.clever). "
+                  f"[JSON]({_rel(clever_path, md_dir)})")
+        md.append("")
+        md += _clever_table(clever)
+        md.append("")
     if sweeps:
         md.append("## Accuracy vs eps (Fig. 1b)")
         md.append("")
@@ -1385,7 +1467,8 @@ def _budget_text(manifest: Mapping[str, Any]) -> str:
     for key in est:
         groups.setdefault(key.split("/")[0], []).append(key)
     names = {"train": "training", "eval": "evaluation", "signal": "signal propagation",
-             "sweep": "eps sweeps", "peer_check": "peer check", "report": "report"}
+             "sweep": "eps sweeps", "rho": "rho", "clever": "CLEVER", "peer_check": "peer check",
+             "report": "report"}
     cells = []
     for g, keys in groups.items():
         e = sum(est[k] for k in keys)
@@ -1501,6 +1584,7 @@ def plan_stages(ctx: Context) -> list[Stage]:
     stages.append(_signal_stage(ctx))
     stages += [_sweep_stage(ctx, _BY_KEY[k]) for k in ctx.settings.sweep_models]
     stages.append(_rho_stage(ctx))
+    stages.append(_clever_stage(ctx))
     stages.append(_peer_stage(ctx))
     stages.append(_report_stage(ctx, [s.key for s in stages]))
     return stages

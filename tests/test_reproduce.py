@@ -200,7 +200,7 @@ def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[st
     n = len(plan["plan"])
     assert "total to run" in text and f"{n}/{n}" in text
     assert set(plan["plan"]) == {f"train/{m.key}" for m in R.MODELS} | {
-        f"eval/{m.key}" for m in R.MODELS} | {"signal", "rho", "peer_check", "report"} | {
+        f"eval/{m.key}" for m in R.MODELS} | {"signal", "rho", "clever", "peer_check", "report"} | {
         f"sweep/{k}" for k in R.Settings.full().sweep_models}
     assert all(v > 0 for v in plan["plan"].values())
 
@@ -314,3 +314,17 @@ def test_training_config_drops_the_monitor_and_reads_the_converged_recipe() -> N
     assert cfg["trainer"]["max_epochs"] == 10
     names = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
     assert names and not any(n.endswith("RobustnessMonitor") for n in names)
+
+
+def test_clever_findings_are_computed_from_the_scores() -> None:
+    def body(orig: float, njs: float, hns: float) -> dict[str, Any]:
+        summ = {k: {"mean": v, "median": v, "n": 5}
+                for k, v in {"original": orig, "heuristic": orig, "njs": njs, "hns": hns}.items()}
+        return {"label": "X", "summary": summ, "n_scored": 5}
+
+    found = R.clever_findings({"models": {"wq_md_tanh_s": body(1.0, 0.5, 0.6),
+                                          "waq_hubara": body(1.0, 1.0, 1.0)}})
+    assert [f.verdict for f in found] == ["agrees", "differs"]
+    assert "0.8585" in found[0].paper and "-50.0 %" not in found[0].ours
+    assert "+50.0 %" in found[0].ours
+    assert R.clever_findings(None) == []

@@ -184,7 +184,8 @@ def clever_table(model: nn.Module, x: Tensor, y: Tensor, *, n_jsv: int = 100,
         keep = model(x).argmax(1) == y
     hns = betas["hns"]
     betas["hns"] = hns[keep] if isinstance(hns, Tensor) else hns
-    scores = clever_scores(model, x[keep], betas=betas, progress=progress, **settings)
+    scores = (clever_scores(model, x[keep], betas=betas, progress=progress, **settings)
+              if bool(keep.any()) else {name: [] for name in betas})
     shown = {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in betas.items()}
     return {"settings": {**PAPER_SETTINGS, **settings}, "n_images": int(x.shape[0]),
             "n_scored": int(keep.sum()), "betas": shown, "scores": scores,
