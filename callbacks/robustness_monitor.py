@@ -38,7 +38,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from bnnrobust.attacks.base import Attack, eval_mode
+from bnnrobust.attacks.base import Attack, check_logits, eval_mode
 from bnnrobust.attacks.jacobian import check_jacobian_space
 from bnnrobust.evaluation.report import weaker_temperature_notes
 from bnnrobust.metrics.signal import HNS, SignalStats, signal_sums
@@ -335,13 +335,17 @@ class RobustnessMonitor(Callback):
         for b, x_cpu, y_cpu in cache["local"]:
             x, y = x_cpu.to(device), y_cpu.to(device)
             with torch.no_grad():
-                counts[-2] += (model(x).argmax(dim=1) == y).sum()
+                logits = model(x)
+            check_logits(logits, y, where="the robustness monitor's samples")
+            counts[-2] += (logits.argmax(dim=1) == y).sum()
             counts[-1] += y.shape[0]
             for i, attack in enumerate(self.attacks):
                 attack.seed = self.seed + b
                 x_adv = attack(model, x, y)
                 with torch.no_grad():
-                    counts[i] += (model(x_adv).argmax(dim=1) == y).sum()
+                    adv_logits = model(x_adv)
+                check_logits(adv_logits, where=f"the monitor's {self.attack_tags[i]} examples")
+                counts[i] += (adv_logits.argmax(dim=1) == y).sum()
                 t = tick(f"attack/{self.attack_tags[i]}", t)
         self.last_timings = timings
         sums = sums.reduce(reduce)

@@ -327,3 +327,66 @@ def test_a_flag_for_a_linked_value_is_refused(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert "--model.init_args.model.init_args.num_classes is set from the data module" in err
     assert "data.num_classes" in err
+
+
+# -- 3 and 4. broken outputs at evaluation time ---------------------------------------------------
+class _NaNNet(torch.nn.Module):
+    def __init__(self, classes: int = 4, nan: bool = True) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(16, classes)
+        self.nan = nan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x.flatten(1))
+        return out * float("nan") if self.nan else out
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(12, 1, 4, 4, generator=g), torch.randint(0, 4, (12,), generator=g)
+
+
+def test_nan_logits_stop_the_evaluation() -> None:
+    from bnnrobust.evaluation.runner import evaluate
+
+    with pytest.raises(ValueError, match="non-finite logits.*sample 0"):
+        evaluate(_NaNNet(), _data(), {"pgd": PGD(eps=0.1, step_size=0.05, steps=1)},
+                 progress=False)
+
+
+def test_logit_count_and_labels_are_checked_once_per_evaluation() -> None:
+    from bnnrobust.evaluation.runner import evaluate
+
+    x, y = _data()
+    with pytest.raises(ValueError, match="outputs 3 logits, but the data has 4 classes"):
+        evaluate(_NaNNet(classes=3, nan=False), (x, y), {}, progress=False, num_classes=4)
+    with pytest.raises(ValueError, match="Labels must lie in"):
+        evaluate(_NaNNet(classes=4, nan=False), (x, y + 10), {}, progress=False)
+
+
+def test_nan_logits_stop_the_test_loop_and_the_monitor(tmp_path: Path) -> None:
+    import lightning as L
+
+    from bnnrobust.systems import ImageClassifier
+    from callbacks.robustness_monitor import RobustnessMonitor
+
+    x, y = _data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=6)
+    system = ImageClassifier(model=_NaNNet(), num_classes=4)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, inference_mode=False,
+                        default_root_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"non-finite logits \(NaN or inf\) on a test batch"):
+        trainer.test(system, dataloaders=loader)
+
+    class _NoValCheck(ImageClassifier):
+        def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+            pass  # leave the check to the monitor
+
+    fit = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, max_epochs=1,
+                    enable_model_summary=False, inference_mode=False, num_sanity_val_steps=0,
+                    enable_checkpointing=False, default_root_dir=str(tmp_path),
+                    callbacks=[RobustnessMonitor(num_samples=6, attacks=["pgd"])])
+    with pytest.raises(ValueError, match=r"non-finite logits \(NaN or inf\) on the robustness monitor"):
+        fit.fit(_NoValCheck(model=_NaNNet(), num_classes=4), train_dataloaders=loader,
+                val_dataloaders=loader)

@@ -104,6 +104,30 @@ def check_labels(logits: Tensor, y: Tensor) -> None:
         )
 
 
+def check_logits(logits: Tensor, y: Tensor | None = None, *, where: str = "",
+                 num_classes: int | None = None) -> None:
+    """A broken model is an error, never a plausible accuracy.
+
+    Refuses NaN/inf logits (argmax of NaN is class 0, which scores like a guess), a logit
+    count that differs from the data's ``num_classes``, and labels outside ``[0, d)``.
+    ``where`` names the samples in the message (e.g. ``"the batch starting at sample 256"``).
+    """
+    at = f" on {where}" if where else ""
+    bad = ~torch.isfinite(logits).all(dim=-1) if logits.dim() > 1 else ~torch.isfinite(logits)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(
+            f"The model returned non-finite logits (NaN or inf){at}: {int(bad.sum())} of "
+            f"{bad.numel()} samples (rows {rows}). A broken network is not evaluated; check its "
+            "weights (e.g. a diverged training run) and its inputs.")
+    d = logits.shape[-1]
+    if num_classes is not None and d != num_classes:
+        raise ValueError(f"The model outputs {d} logits, but the data has {num_classes} classes"
+                         f"{at}; the network was built for another dataset.")
+    if y is not None:
+        check_labels(logits, y)
+
+
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     """Raise a clear ValueError unless ``value`` > 0 (or >= 0 with ``allow_zero``)."""
     bad = value < 0 if allow_zero else value <= 0

@@ -298,8 +298,10 @@ def run(cfg: Any) -> dict[str, Any]:
     run_dir = (Path("logs") / str(cfg.ckpt).removeprefix("zoo:") if str(cfg.ckpt).startswith("zoo:")
                else run_dir_of(ckpt_file))
     out_json = Path(cfg.output) if cfg.output else run_dir / "eval" / "results.json"
+    n_classes = getattr(datamodule, "num_classes", None)
     result = evaluate(model, data, attacks, n=cfg.n, seed=cfg.seed, device=device,
-                      progress=cfg.progress, batch_size=cfg.batch_size, save_adv=cfg.save_adv)
+                      progress=cfg.progress, batch_size=cfg.batch_size, save_adv=cfg.save_adv,
+                      num_classes=n_classes if isinstance(n_classes, int) else None)
     extra: dict[str, Any] = {"checkpoint": str(cfg.ckpt), "dataset": dataset, "split": cfg.split}
     md_extra: list[str] = []
     if cfg.save_adv:

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from bnnrobust.attacks.base import Attack, eval_mode
+from bnnrobust.attacks.base import Attack, check_logits, eval_mode
 
 __all__ = [
     "AttackResult",
@@ -317,6 +317,7 @@ def evaluate(
     save_adv: str | Path | None = None,
     calibrate_njs: bool = True,
     n_calib: int = 100,
+    num_classes: int | None = None,
 ) -> EvalResult:
     """Clean accuracy and, per attack, adversarial accuracy, seconds and β statistics.
 
@@ -336,6 +337,12 @@ def evaluate(
             ``config``, ``seed``), readable by :func:`reevaluate`.
         calibrate_njs: calibrate NJS temperatures (β1) once on the first ``n_calib`` clean samples.
         n_calib: number of clean samples for NJS (paper: 100).
+        num_classes: the data's number of classes; the model must output that many logits.
+
+    Raises:
+        ValueError: non-finite logits on any evaluated sample (clean or adversarial), a logit
+            count other than ``num_classes``, labels outside ``[0, classes)``, images outside
+            [0, 1]: a broken model never yields a plausible accuracy.
 
     Returns:
         :class:`EvalResult` (accuracies in percent).
@@ -390,7 +397,10 @@ def evaluate(
             _check_images(x, start)
             x, y = x.to(dev), y.to(dev).long()
             with torch.no_grad():
-                correct = model(x).argmax(dim=-1) == y
+                logits = model(x)
+            check_logits(logits, y, where=f"the batch starting at sample {start}",
+                         num_classes=num_classes)
+            correct = logits.argmax(dim=-1) == y
             clean_correct += int(correct.sum())
             robust_all = correct.clone()
             idx = correct.nonzero().flatten()
@@ -404,7 +414,10 @@ def evaluate(
                 if idx.numel():
                     out = attack.perturb(model, x[idx], y[idx])
                     with torch.no_grad():
-                        robust[idx] = model(out.x_adv).argmax(dim=-1) == y[idx]
+                        adv_logits = model(out.x_adv)
+                    check_logits(adv_logits, where=f"the {name} examples of the batch starting "
+                                 f"at sample {start}")
+                    robust[idx] = adv_logits.argmax(dim=-1) == y[idx]
                     x_adv_full[idx] = out.x_adv
                     if "beta" in out.info:
                         acc.add_beta(out.info["beta"])

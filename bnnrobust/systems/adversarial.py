@@ -271,8 +271,8 @@ class AdversarialClassifier(ImageClassifier):
         temperature = getattr(self.train_attack, "temperature", None)
         return temperature if isinstance(temperature, NJS) else None
 
-    def _check_classes(self, logits: Tensor) -> None:
-        super()._check_classes(logits)
+    def _check_classes(self, logits: Tensor, y: Tensor | None = None, stage: str = "") -> None:
+        super()._check_classes(logits, y, stage)
         self.train_adv_acc.num_classes = self.train_acc.num_classes
 
     # -- the min-max step -------------------------------------------------------------------

@@ -20,6 +20,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from bnnrobust.attacks.base import check_logits
+
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
@@ -113,7 +115,9 @@ class ImageClassifier(L.LightningModule):
     def _metric_key(name: str) -> str:
         return name.replace(".", "_").replace("+", "p")
 
-    def _check_classes(self, logits: Tensor) -> None:
+    def _check_classes(self, logits: Tensor, y: Tensor | None = None, stage: str = "") -> None:
+        if y is not None:  # validation/test: a broken model is an error, not an accuracy
+            check_logits(logits, y, where=f"a {stage} batch")
         d = logits.shape[-1]
         if self.train_acc.num_classes != d:
             for metric in (self.train_acc, self.val_acc, self.test_acc, *self.test_attack_acc.values()):
@@ -138,7 +142,7 @@ class ImageClassifier(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self._check_classes(logits)
+        self._check_classes(logits, y, "validation")
         self.val_acc(logits, y)
         self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True, prog_bar=True)
         self.log("val/clean_acc", self.val_acc, prog_bar=True)
@@ -146,7 +150,7 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self._check_classes(logits)
+        self._check_classes(logits, y, "test")
         self.test_acc(logits, y)
         self.log("test/clean_acc", self.test_acc)
         for attack in self.test_attacks:
@@ -156,6 +160,7 @@ class ImageClassifier(L.LightningModule):
                 x_adv = attack(self.model, x.clone(), y.clone())
             with torch.no_grad():
                 adv_logits = self.model(x_adv)
+            check_logits(adv_logits, where=f"the {attack.name} examples of a test batch")
             metric = cast(MulticlassAccuracy, self.test_attack_acc[key])
             metric(adv_logits, y)
             self.log(f"test/{attack.name}_acc", metric)
