@@ -294,14 +294,24 @@ def run(cfg: Any) -> dict[str, Any]:
     model: torch.nn.Module = net if isinstance(net, torch.nn.Module) else system
     dataset = _dataset_name(system, datamodule, cfg.dataset)
     attacks = resolve_attacks(cfg.attacks, dataset)
+    sweep_attacks = cfg.sweep_attacks or ["fgsm", "pgd", "pgd++njs", "pgd++hns"]
+    eps_list = cfg.sweep_eps if cfg.sweep_eps is not None else _default_sweep_eps(attacks)
+    check_request(cfg, attacks, dataset, sweep_attacks, eps_list)
     data = _split_data(datamodule, cfg.split)
     run_dir = (Path("logs") / str(cfg.ckpt).removeprefix("zoo:") if str(cfg.ckpt).startswith("zoo:")
                else run_dir_of(ckpt_file))
     out_json = Path(cfg.output) if cfg.output else run_dir / "eval" / "results.json"
+    partial = out_json.with_name(out_json.stem + ".partial.json")
+    if rank == 0:  # every output is writable before the first attack runs
+        check_outputs(out_json, cfg.save_adv)
     n_classes = getattr(datamodule, "num_classes", None)
     result = evaluate(model, data, attacks, n=cfg.n, seed=cfg.seed, device=device,
                       progress=cfg.progress, batch_size=cfg.batch_size, save_adv=cfg.save_adv,
-                      num_classes=n_classes if isinstance(n_classes, int) else None)
+                      num_classes=n_classes if isinstance(n_classes, int) else None,
+                      partial_results=partial)
+    if rank == 0 and result.extra.get("resumed"):
+        print(f"resumed: {', '.join(result.extra['resumed'])} taken from {partial} (same "
+              "weights, data and settings); delete that file to run them again.", file=sys.stderr)
     extra: dict[str, Any] = {"checkpoint": str(cfg.ckpt), "dataset": dataset, "split": cfg.split}
     md_extra: list[str] = []
     if cfg.save_adv:
@@ -324,8 +334,6 @@ def run(cfg: Any) -> dict[str, Any]:
         from bnnrobust.evaluation.sweep import eps_sweep
 
         xs, ys = _first(data, cfg.n)
-        sweep_attacks = cfg.sweep_attacks or ["fgsm", "pgd", "pgd++njs", "pgd++hns"]
-        eps_list = cfg.sweep_eps if cfg.sweep_eps is not None else _default_sweep_eps(attacks)
         sweep_json = out_json.with_name(out_json.stem + "_sweep.json")
         sweep = eps_sweep(model, xs, ys, sweep_attacks, eps_list, dataset=dataset, seed=cfg.seed,
                           batch_size=cfg.batch_size, device=device, progress=cfg.progress,
@@ -353,11 +361,66 @@ def run(cfg: Any) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if rank == 0:
         title = f"{run_dir.name}: {ckpt_file.name} ({dataset}, {cfg.split})"
+        print(format_table(result, title))
         body = write_reports(result, out_json, title=title,
                              markdown_extra="\n\n".join(md_extra) or None, **extra)
-        print(format_table(result, title))
+        partial.unlink(missing_ok=True)  # the full results are written
         print(f"results: {out_json}  (Markdown: {out_json.with_suffix('.md')})")
     return body
+
+
+def check_outputs(out_json: Path, save_adv: str | None) -> None:
+    """Refuse, before any attack, an output that cannot be written (one paragraph each)."""
+    targets = [(out_json.parent, "--output (its folder)")]
+    if save_adv:
+        targets.append((Path(save_adv), "--save_adv"))
+    for folder, flag in targets:
+        if folder.exists() and not folder.is_dir():
+            raise EvalError(f"{flag}: {str(folder)!r} exists and is not a folder; give another "
+                            "path.")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".bnnrobust_write_test_{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise EvalError(f"{flag}: cannot write to {str(folder)!r} ({err.strerror or err}); "
+                            "give a writable folder (--output PATH.json, --save_adv DIR).") from None
+    for path in (out_json, out_json.with_suffix(".md")):
+        if path.is_dir():
+            raise EvalError(f"--output: {str(path)!r} is a folder; give a file name such as "
+                            f"{str(path / 'results.json')!r}.")
+
+
+def check_request(cfg: Any, attacks: dict[str, Any], dataset: str | None,
+                  sweep_attacks: list[Any], eps_list: list[float]) -> None:
+    """Validate the whole request (sweep, diagnosis, signal options) before the first attack."""
+    from bnnrobust.attacks.factory import build_attack
+
+    if cfg.signal_propagation and cfg.signal_n < 1:
+        raise EvalError(f"--signal_n must be >= 1, got {cfg.signal_n!r}.")
+    if cfg.diagnose:
+        if cfg.diagnose_n < 1:
+            raise EvalError(f"--diagnose_n must be >= 1, got {cfg.diagnose_n!r}.")
+        if cfg.diagnose_eps is not None and not 0 < cfg.diagnose_eps <= 1:
+            raise EvalError(f"--diagnose_eps must lie in (0, 1] (pixel units, e.g. 8/255 = "
+                            f"0.0314), got {cfg.diagnose_eps!r}.")
+    if not cfg.sweep:
+        return
+    if not eps_list:
+        raise EvalError("--sweep_eps is empty; give eps values in [0, 1] pixel units.")
+    for e in eps_list:
+        if not 0 <= e <= 1:
+            raise EvalError(f"--sweep_eps: {e!r} is outside [0, 1] (pixel units; eps 8 in 0-255 "
+                            f"units is {8 / 255:.4f}).")
+    for spec in sweep_attacks:
+        try:
+            built = build_attack(spec, dataset=dataset)
+        except (ValueError, TypeError) as err:
+            raise EvalError(f"--sweep_attacks: bad attack {spec!r}: {err}") from None
+        if "eps" not in built.describe():
+            raise EvalError(f"--sweep_attacks: {built.name!r} has no eps budget; a sweep needs "
+                            "attacks with an eps (fgsm, pgd, apgd-ce, square, ...).")
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:

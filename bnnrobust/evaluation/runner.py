@@ -28,8 +28,8 @@ single-process run with the same batch size.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +42,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from bnnrobust.attacks.base import Attack, check_logits, eval_mode
+from bnnrobust.evaluation.accounting import BetaStats, SampleTally, worst_case
+from bnnrobust.evaluation.partial import PartialResults, model_digest
 
 __all__ = [
     "AttackResult",
@@ -56,17 +58,6 @@ DataSource = DataLoader | Dataset | tuple[Tensor, Tensor] | Sequence[Tensor]
 
 
 # -- result containers ------------------------------------------------------------------------
-@dataclass
-class BetaStats:
-    """Statistics of the attack temperature β over the attacked samples."""
-
-    count: int
-    mean: float
-    std: float
-    min: float
-    max: float
-
-
 @dataclass
 class AttackResult:
     """One attack's outcome.
@@ -107,12 +98,25 @@ class EvalResult:
     worst_case_acc: float | None
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    #: (n,) bool: sample i is classified correctly (clean)
+    clean_mask: Tensor | None = field(default=None, repr=False)
+    #: per attack, (n,) bool: sample i is correct clean and after the attack
+    masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def robust_mask(self) -> Tensor | None:
+        """(n,) bool: correct clean and under every attack (the per-sample worst case)."""
+        if self.clean_mask is None:
+            return None
+        return worst_case(self.clean_mask, list(self.masks.values()))
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {k: getattr(self, k) for k in ("n", "seed", "batch_size", "device", "world_size",
+                                             "clean_acc", "clean_correct")}
         out["attacks"] = {name: asdict(res) for name, res in self.attacks.items()}
-        extra = out.pop("extra")
-        out.update(extra)
+        out["worst_case_acc"] = self.worst_case_acc
+        out["seconds"] = self.seconds
+        out.update(self.extra)
         return _jsonable(out)
 
 
@@ -247,62 +251,6 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace("++", "pp"))
 
 
-class _Acc:
-    """Per-attack accumulators (sums, so that ranks add up exactly)."""
-
-    def __init__(self) -> None:
-        self.correct = 0
-        self.attacked = 0
-        self.seconds = 0.0
-        self.b_count = 0
-        self.b_sum = 0.0
-        self.b_sq = 0.0
-        self.b_min = math.inf
-        self.b_max = -math.inf
-
-    def add_beta(self, beta: Tensor) -> None:
-        beta = beta.detach().double().flatten().cpu()
-        if beta.numel() == 0:
-            return
-        self.b_count += beta.numel()
-        self.b_sum += float(beta.sum())
-        self.b_sq += float((beta * beta).sum())
-        self.b_min = min(self.b_min, float(beta.min()))
-        self.b_max = max(self.b_max, float(beta.max()))
-
-    def beta(self) -> BetaStats | None:
-        if self.b_count == 0:
-            return None
-        mean = self.b_sum / self.b_count
-        var = max(self.b_sq / self.b_count - mean * mean, 0.0)
-        return BetaStats(self.b_count, mean, math.sqrt(var), self.b_min, self.b_max)
-
-
-def _reduce(clean: int, worst: int, accs: list[_Acc], device: torch.device) -> tuple[int, int]:
-    """All-reduce the counters over the process group (in place on ``accs``)."""
-    import torch.distributed as dist
-
-    rank, world = _dist()
-    if world == 1:
-        return clean, worst
-    backend = dist.get_backend()
-    dev = device if backend == "nccl" else torch.device("cpu")
-    sums = torch.tensor([clean, worst] + [v for a in accs for v in
-                                          (a.correct, a.attacked, a.b_count, a.b_sum, a.b_sq)],
-                        dtype=torch.float64, device=dev)
-    mins = torch.tensor([a.b_min for a in accs] + [-a.b_max for a in accs] + [-a.seconds for a in accs],
-                        dtype=torch.float64, device=dev)
-    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-    dist.all_reduce(mins, op=dist.ReduceOp.MIN)
-    s, m = sums.cpu().tolist(), mins.cpu().tolist()
-    k = len(accs)
-    for i, a in enumerate(accs):
-        a.correct, a.attacked, a.b_count = (int(round(v)) for v in s[2 + 5 * i: 5 + 5 * i])
-        a.b_sum, a.b_sq = s[5 + 5 * i], s[6 + 5 * i]
-        a.b_min, a.b_max, a.seconds = m[i], -m[k + i], -m[2 * k + i]
-    return int(round(s[0])), int(round(s[1]))
-
-
 # -- the runner -------------------------------------------------------------------------------
 def evaluate(
     model: nn.Module,
@@ -318,6 +266,7 @@ def evaluate(
     calibrate_njs: bool = True,
     n_calib: int = 100,
     num_classes: int | None = None,
+    partial_results: str | Path | None = None,
 ) -> EvalResult:
     """Clean accuracy and, per attack, adversarial accuracy, seconds and β statistics.
 
@@ -326,18 +275,22 @@ def evaluate(
             eval mode for the run; each submodule's own mode is restored afterwards.
         data: ``(x, y)`` tensors, a map-style Dataset, or a DataLoader (its dataset is read
             in order; an iterable loader is consumed up to ``n`` samples).
-        attacks: ``{name: Attack}``; names are the keys of the result.
+        attacks: ``{name: Attack}``; names are the keys of the result. They run one after
+            the other, each over the whole set.
         n: evaluate the first ``n`` samples (``None`` = all).
         seed: seed of every random start (see module docstring).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``None``/``"auto"``.
-        progress: show a tqdm bar (rank 0 only).
+        progress: show a tqdm bar with an ETA (rank 0 only).
         batch_size: samples per attack batch; default the loader's batch size or 256.
         save_adv: folder; if given, each attack's adversarial images are written to
             ``<folder>/<attack>.pt`` (``x_adv``, ``y``, ``indices``, ``attack``, ``adv_acc``,
-            ``config``, ``seed``), readable by :func:`reevaluate`.
+            ``config``, ``seed``) as soon as that attack finishes, readable by :func:`reevaluate`.
         calibrate_njs: calibrate NJS temperatures (β1) once on the first ``n_calib`` clean samples.
         n_calib: number of clean samples for NJS (paper: 100).
         num_classes: the data's number of classes; the model must output that many logits.
+        partial_results: a JSON file where every finished attack is written as it completes
+            (:mod:`bnnrobust.evaluation.partial`); an existing file of the same run (same
+            weights, images, settings) is resumed: its finished attacks are not run again.
 
     Raises:
         ValueError: non-finite logits on any evaluated sample (clean or adversarial), a logit
@@ -345,7 +298,7 @@ def evaluate(
             [0, 1]: a broken model never yields a plausible accuracy.
 
     Returns:
-        :class:`EvalResult` (accuracies in percent).
+        :class:`EvalResult` (accuracies in percent; per-sample robust masks in ``masks``).
     """
     if not isinstance(attacks, Mapping):
         raise TypeError("evaluate: attacks must be a dict {name: Attack}; build them with "
@@ -368,14 +321,15 @@ def evaluate(
         raise ValueError(f"evaluate: batch_size must be >= 1, got {batch_size!r}.")
     rank, world = _dist()
     starts = list(range(0, total, batch_size))
-    mine = list(range(rank, len(starts), world))
+    mine = [(b, starts[b], min(starts[b] + batch_size, total))
+            for b in range(rank, len(starts), world)]
     names = list(attacks)
-    accs = [_Acc() for _ in names]
-    adv_store: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {nm: [] for nm in names}
-    clean_correct = worst_correct = 0
     model = model.to(dev)
     t_start = time.perf_counter()
     fork_devices = [dev] if dev.type == "cuda" else []
+    results: dict[str, AttackResult] = {}
+    masks: dict[str, Tensor] = {}
+    resumed: list[str] = []
     with eval_mode(model), torch.random.fork_rng(devices=fork_devices):
         njs_beta1: dict[str, list[float]] = {}
         if calibrate_njs:
@@ -389,70 +343,122 @@ def evaluate(
         if progress and rank == 0:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, desc="evaluating", unit="img", dynamic_ncols=True)
-        for b in mine:
-            start = starts[b]
-            stop = min(start + batch_size, total)
+            bar = tqdm(total=total * (1 + len(names)), desc="clean", unit="img",
+                       dynamic_ncols=True)
+        # the clean pass: which samples are attacked, and the data's digest for resuming
+        clean_tally = SampleTally(total).to(dev)
+        digest = hashlib.sha256()
+        for _, start, stop in mine:
             x, y = src.get(start, stop)
             _check_images(x, start)
+            digest.update(x.detach().cpu().float().contiguous().numpy().tobytes())
+            digest.update(y.detach().cpu().long().numpy().tobytes())
             x, y = x.to(dev), y.to(dev).long()
             with torch.no_grad():
                 logits = model(x)
             check_logits(logits, y, where=f"the batch starting at sample {start}",
                          num_classes=num_classes)
-            correct = logits.argmax(dim=-1) == y
-            clean_correct += int(correct.sum())
-            robust_all = correct.clone()
-            idx = correct.nonzero().flatten()
-            for name, acc in zip(names, accs, strict=True):
-                attack = attacks[name]
-                torch.manual_seed(_batch_seed(seed, name, b))
-                robust = torch.zeros_like(correct)
-                x_adv_full = x.clone()
-                _sync(dev)
-                t0 = time.perf_counter()
-                if idx.numel():
-                    out = attack.perturb(model, x[idx], y[idx])
-                    with torch.no_grad():
-                        adv_logits = model(out.x_adv)
-                    check_logits(adv_logits, where=f"the {name} examples of the batch starting "
-                                 f"at sample {start}")
-                    robust[idx] = adv_logits.argmax(dim=-1) == y[idx]
-                    x_adv_full[idx] = out.x_adv
-                    if "beta" in out.info:
-                        acc.add_beta(out.info["beta"])
-                _sync(dev)
-                acc.seconds += time.perf_counter() - t0
-                acc.attacked += int(idx.numel())
-                acc.correct += int(robust.sum())
-                robust_all &= robust
-                if save_adv is not None:
-                    index = torch.arange(start, stop)
-                    adv_store[name].append((x_adv_full.cpu(), y.cpu(), index))
-            worst_correct += int(robust_all.sum())
+            clean_tally.update(torch.arange(start, stop), logits.argmax(dim=-1) == y)
             if bar is not None:
                 bar.update((stop - start) * world)
-                bar.set_postfix(clean=f"{100 * clean_correct / max(stop, 1):.1f}%")
+        clean = clean_tally.compute()
+        store = PartialResults(partial_results, {
+            "model": model_digest(model), "data": _all_ranks(digest.hexdigest()), "n": total,
+            "seed": int(seed), "batch_size": int(batch_size), "world_size": world,
+            "calibrate_njs": bool(calibrate_njs), "n_calib": int(n_calib)}, write=rank == 0)
+        store.record_clean(clean.mask)
+        for name in names:
+            config = _jsonable(attacks[name].describe())
+            if name in njs_beta1:
+                b1 = njs_beta1[name]
+                config["njs_beta1"] = b1[0] if len(b1) == 1 else b1
+            done = store.finished(name, config)
+            if done is not None:
+                fields, masks[name] = done
+                beta = fields.pop("beta", None)
+                results[name] = AttackResult(**{**fields, "beta": BetaStats(**beta) if beta
+                                                else None, "config": config})
+                resumed.append(name)
+                if bar is not None:
+                    bar.update(total)
+                continue
+            if bar is not None:
+                bar.set_description(name)
+            results[name], masks[name] = _run_attack(
+                model, src, attacks[name], name, mine, clean.mask, seed, total, world, dev,
+                config, save_adv, bar)
+            store.record(name, config, _result_fields(results[name]), masks[name])
         if bar is not None:
             bar.close()
-    clean_correct, worst_correct = _reduce(clean_correct, worst_correct, accs, dev)
-    results: dict[str, AttackResult] = {}
-    for name, acc in zip(names, accs, strict=True):
-        config = _jsonable(attacks[name].describe())
-        if name in njs_beta1:
-            config["njs_beta1"] = njs_beta1[name][0] if len(njs_beta1[name]) == 1 else njs_beta1[name]
-        results[name] = AttackResult(name=name, adv_acc=100.0 * acc.correct / total,
-                                     correct=acc.correct, n=total, seconds=acc.seconds,
-                                     attacked=acc.attacked, beta=acc.beta(), config=config)
-    result = EvalResult(
+    worst = worst_case(clean.mask, [masks[nm] for nm in names])
+    return EvalResult(
         n=total, seed=int(seed), batch_size=int(batch_size), device=str(dev), world_size=world,
-        clean_acc=100.0 * clean_correct / total, clean_correct=clean_correct, attacks=results,
-        worst_case_acc=100.0 * worst_correct / total if names else None,
-        seconds=time.perf_counter() - t_start,
+        clean_acc=100.0 * clean.correct / total, clean_correct=clean.correct, attacks=results,
+        worst_case_acc=100.0 * int(worst.sum()) / total if names else None,
+        seconds=time.perf_counter() - t_start, clean_mask=clean.mask, masks=masks,
+        extra={"resumed": resumed} if resumed else {},
     )
+
+
+def _run_attack(model: nn.Module, src: _Samples, attack: Attack, name: str,
+                mine: list[tuple[int, int, int]], clean_mask: Tensor, seed: int, total: int,
+                world: int, dev: torch.device, config: dict[str, Any],
+                save_adv: str | Path | None, bar: Any) -> tuple[AttackResult, Tensor]:
+    """One attack over this process's batches; reduced over processes; adv examples saved."""
+    tally = SampleTally(total).to(dev)
+    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    for b, start, stop in mine:
+        x, y = src.get(start, stop)
+        x, y = x.to(dev), y.to(dev).long()
+        correct = clean_mask[start:stop].to(dev)
+        idx = correct.nonzero().flatten()
+        torch.manual_seed(_batch_seed(seed, name, b))
+        robust = torch.zeros_like(correct)
+        x_adv_full = x.clone()
+        beta = None
+        _sync(dev)
+        t0 = time.perf_counter()
+        if idx.numel():
+            out = attack.perturb(model, x[idx], y[idx])
+            with torch.no_grad():
+                adv_logits = model(out.x_adv)
+            check_logits(adv_logits, where=f"the {name} examples of the batch starting "
+                         f"at sample {start}")
+            robust[idx] = adv_logits.argmax(dim=-1) == y[idx]
+            x_adv_full[idx] = out.x_adv
+            beta = out.info.get("beta")
+        _sync(dev)
+        tally.update(torch.arange(start, stop), robust, attacked=int(idx.numel()), beta=beta,
+                     seconds=time.perf_counter() - t0)
+        if save_adv is not None:
+            parts.append((x_adv_full.cpu(), y.cpu(), torch.arange(start, stop)))
+        if bar is not None:
+            bar.update((stop - start) * world)
+    done = tally.compute()
+    result = AttackResult(name=name, adv_acc=100.0 * done.correct / total, correct=done.correct,
+                          n=total, seconds=done.seconds, attacked=done.attacked, beta=done.beta,
+                          config=config)
     if save_adv is not None:
-        _save_adv(Path(save_adv), adv_store, result)
-    return result
+        _save_adv(Path(save_adv), name, _gather(parts), result, seed)
+    return result, done.mask
+
+
+def _result_fields(result: AttackResult) -> dict[str, Any]:
+    fields = asdict(result)
+    fields.pop("config")
+    return fields
+
+
+def _all_ranks(value: str) -> str:
+    """``value`` of every process joined in rank order (the value itself on one process)."""
+    import torch.distributed as dist
+
+    _, world = _dist()
+    if world == 1:
+        return value
+    everything: list[Any] = [None] * world
+    dist.all_gather_object(everything, value)
+    return "|".join(str(v) for v in everything)
 
 
 def _gather(parts: list[tuple[Tensor, Tensor, Tensor]]) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -466,23 +472,20 @@ def _gather(parts: list[tuple[Tensor, Tensor, Tensor]]) -> list[tuple[Tensor, Te
     return [p for rank_parts in everything for p in rank_parts]
 
 
-def _save_adv(folder: Path, store: dict[str, list[tuple[Tensor, Tensor, Tensor]]],
-              result: EvalResult) -> None:
+def _save_adv(folder: Path, name: str, parts: list[tuple[Tensor, Tensor, Tensor]],
+              result: AttackResult, seed: int) -> None:
     rank, _ = _dist()
-    for name, parts in store.items():
-        parts = _gather(parts)
-        if rank != 0:
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        x_adv = torch.cat([p[0] for p in parts])
-        y = torch.cat([p[1] for p in parts])
-        index = torch.cat([p[2] for p in parts])
-        order = torch.argsort(index)
-        torch.save({
-            "x_adv": x_adv[order], "y": y[order], "indices": index[order], "attack": name,
-            "adv_acc": result.attacks[name].adv_acc, "config": result.attacks[name].config,
-            "seed": result.seed,
-        }, folder / f"{_safe_name(name)}.pt")
+    if rank != 0:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    x_adv = torch.cat([p[0] for p in parts])
+    y = torch.cat([p[1] for p in parts])
+    index = torch.cat([p[2] for p in parts])
+    order = torch.argsort(index)
+    torch.save({
+        "x_adv": x_adv[order], "y": y[order], "indices": index[order], "attack": name,
+        "adv_acc": result.adv_acc, "config": result.config, "seed": seed,
+    }, folder / f"{_safe_name(name)}.pt")
 
 
 def adv_path(folder: str | Path, attack_name: str) -> Path:
