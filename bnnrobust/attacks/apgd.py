@@ -52,6 +52,7 @@ from bnnrobust.attacks.base import (
     check_positive,
 )
 from bnnrobust.attacks.losses import check_loss_name, per_sample_loss
+from bnnrobust.attacks.registry import register_attack
 from bnnrobust.attacks.temperature import Temperature, make_temperature
 
 __all__ = ["APGD", "apgd_checkpoints"]
@@ -386,3 +387,14 @@ class APGD(Attack):
         if not math.isfinite(float(x_adv.sum())):  # pragma: no cover - defensive
             raise RuntimeError(f"{self.name} produced non-finite adversarial examples.")
         return AttackOutput(x_adv, info)
+
+
+# names of build_attack (bnnrobust.attacks.registry), in the order list_attacks() gives them
+register_attack("apgd-ce", aliases=("apgd",), fixed={"loss": "ce"}, temperature=True,
+                l2_variant=True, surrogate=True,
+                description="our APGD-CE, 100 steps; APGD++ with a temperature")(APGD)
+register_attack("apgd-dlr", fixed={"loss": "dlr"}, l2_variant=True, surrogate=True,
+                description="our APGD-DLR (scale-invariant margin loss), 100 steps")(APGD)
+register_attack("apgd-t", aliases=("apgd-ce-t",), fixed={"loss": "dlr_targeted"},
+                l2_variant=True, surrogate=True,
+                description="our APGD-T (targeted DLR over the top 9 other classes), 100 steps")(APGD)

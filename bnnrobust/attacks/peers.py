@@ -47,6 +47,7 @@ from bnnrobust.attacks.base import (
     check_labels,
     check_positive,
 )
+from bnnrobust.attacks.registry import register_attack
 
 __all__ = [
     "DeepFool",
@@ -361,3 +362,18 @@ class DeepFool(TorchattacksAttack):
         d = super().describe()
         d.update(steps=self.steps, overshoot=self.overshoot)
         return d
+
+
+# names of build_attack (bnnrobust.attacks.registry), in the order list_attacks() gives them
+register_attack("square", l2_variant=True,
+                description="torchattacks' Square (score-based, gradient-free), 5000 queries")(Square)
+register_attack("deepfool", budget="none",
+                description="torchattacks' DeepFool (minimal L2 perturbation, no eps bound)")(DeepFool)
+register_attack("ta-apgd-ce", fixed={"loss": "ce"}, l2_variant=True,
+                description="torchattacks' APGD-CE, 100 steps")(TorchattacksAPGD)
+register_attack("ta-apgd-dlr", fixed={"loss": "dlr"}, l2_variant=True,
+                description="torchattacks' APGD-DLR, 100 steps")(TorchattacksAPGD)
+register_attack("ta-apgd-t", l2_variant=True,
+                description="torchattacks' APGD-T (9 target classes), 100 steps")(TorchattacksAPGDT)
+register_attack("ta-fab-t", aliases=("fab-t",), fixed={"targeted": True}, l2_variant=True,
+                description="torchattacks' FAB-T (9 target classes), 100 steps")(TorchattacksFAB)

@@ -36,6 +36,7 @@ from bnnrobust.attacks.base import (
     check_positive,
 )
 from bnnrobust.attacks.losses import per_sample_loss
+from bnnrobust.attacks.registry import register_attack
 from bnnrobust.attacks.temperature import Temperature, make_temperature
 
 __all__ = ["FGSM", "PGD"]
@@ -278,3 +279,15 @@ class FGSM(PGD):
         desc = super().describe()
         desc.pop("restarts")
         return desc
+
+
+# names of build_attack (bnnrobust.attacks.registry), in the order list_attacks() gives them
+register_attack("fgsm", temperature=True, l2_variant=True, surrogate=True, budget="fgsm",
+                description="R+FGSM (random start, one step); FGSM++ with a temperature")(FGSM)
+register_attack("pgd", temperature=True, l2_variant=True, surrogate=True, budget="pgd",
+                description="PGD L∞ (Madry et al.); PGD++ with a temperature")(PGD)
+register_attack("pgd_l2", fixed={"norm": "l2"}, temperature=True, surrogate=True, budget="pgd",
+                description="PGD L2 (the paper's L2 row); PGD++ with a temperature")(PGD)
+register_attack("pgd_dlr", aliases=("pgd-dlr",), fixed={"loss": "dlr"}, temperature=True,
+                l2_variant=True, surrogate=True, budget="pgd",
+                description="PGD with the DLR loss (Croce & Hein 2020)")(PGD)
