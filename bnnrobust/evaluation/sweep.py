@@ -2,7 +2,8 @@
 
 Accuracy must fall (weakly) as eps grows; a curve that rises, or that stays flat at the clean
 accuracy for large eps, is a sign of gradient masking. :func:`eps_sweep` flags the first
-(``non_monotone``) in its result.
+(``non_monotone``) in its result. Every accuracy carries its Wilson 95 % interval (``ci95``,
+percent) and the plot draws it as error bars, with eps in the dataset's usual unit.
 """
 
 from __future__ import annotations
@@ -10,14 +11,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from bnnrobust.evaluation.report import eps_in_255
 from bnnrobust.evaluation.runner import evaluate
+from bnnrobust.metrics.hessian_curve import model_label
+from bnnrobust.metrics.intervals import wilson_interval_percent
 
-__all__ = ["eps_sweep", "plot_sweep"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["eps_sweep", "plot_sweep", "sweep_figure"]
 
 
 def _check_eps(eps_list: Sequence[float]) -> list[float]:
@@ -47,6 +54,7 @@ def eps_sweep(
     json_path: str | Path | None = None,
     png_path: str | Path | None = None,
     progress: bool = True,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """Adversarial accuracy (percent) of each attack at each eps.
 
@@ -59,13 +67,18 @@ def eps_sweep(
         eps_list: radii in [0, 1] pixel units (L2 radii for L2 attacks); 0 gives clean accuracy.
         dataset: preset for the attacks' other defaults (``None``: the factory's default).
         seed, batch_size, device: as in :func:`bnnrobust.evaluation.runner.evaluate`.
-        json_path: write the result as JSON here. png_path: write the plot here (matplotlib Agg).
+        json_path: write the result as JSON here. png_path: write the plot here, a 300 dpi PNG
+            plus a PDF of the same stem (:func:`plot_sweep`).
         progress: tqdm bar over the eps values.
+        model_name: the model or run named in the plot's title and the JSON (``"model"``);
+            default: :func:`bnnrobust.metrics.hessian_curve.model_label` (the class name).
 
     Returns:
-        ``{"eps": [...], "clean_acc": %, "n": .., "seed": .., "attacks": {name: {"adv_acc":
-        [%...], "seconds": [...], "config": describe()}}, "non_monotone": [names whose
-        accuracy rises with eps]}``.
+        ``{"eps": [...], "clean_acc": %, "clean_correct": .., "clean_ci95": [lo %, hi %],
+        "n": .., "seed": .., "dataset": .., "model": .., "attacks": {name: {"adv_acc": [%...],
+        "correct": [...], "ci95": [[lo %, hi %]...], "seconds": [...], "config": describe()}},
+        "non_monotone": [names whose accuracy rises with eps]}``; ``ci95`` is the Wilson 95 %
+        interval of each accuracy (:func:`bnnrobust.metrics.intervals.wilson_interval`).
     """
     from bnnrobust.attacks.factory import build_attack
 
@@ -86,9 +99,11 @@ def eps_sweep(
         while key in specs:
             key, i = f"{name}#{i}", i + 1
         specs[key] = spec
-    curves: dict[str, dict[str, Any]] = {k: {"adv_acc": [], "seconds": [], "config": None}
-                                         for k in specs}
+    curves: dict[str, dict[str, Any]] = {
+        k: {"adv_acc": [], "correct": [], "ci95": [], "seconds": [], "config": None} for k in specs
+    }
     clean_acc: float | None = None
+    clean_correct: int | None = None
     n = int(y.shape[0])
     iterator: Any = eps_values
     if progress:
@@ -99,23 +114,33 @@ def eps_sweep(
         built = {k: build_attack(s, dataset=dataset, eps=eps) for k, s in specs.items() if eps > 0}
         res = evaluate(model, (x, y), built, seed=seed, device=device, progress=False,
                        batch_size=batch_size)
-        clean_acc = res.clean_acc
+        clean_acc, clean_correct = res.clean_acc, res.clean_correct
         for k in specs:
             curve = curves[k]
             if eps > 0:
+                correct = res.attacks[k].correct
                 curve["adv_acc"].append(res.attacks[k].adv_acc)
                 curve["seconds"].append(res.attacks[k].seconds)
                 if curve["config"] is None:
                     curve["config"] = res.attacks[k].config
             else:
+                correct = res.clean_correct
                 curve["adv_acc"].append(res.clean_acc)
                 curve["seconds"].append(0.0)
+            curve["correct"].append(int(correct))
+            curve["ci95"].append(list(wilson_interval_percent(int(correct), n)))
     order = sorted(range(len(eps_values)), key=lambda i: eps_values[i])
     non_monotone = [k for k, c in curves.items()
                     if any(c["adv_acc"][b] > c["adv_acc"][a] + 1e-9
                            for a, b in zip(order, order[1:], strict=False))]
-    result: dict[str, Any] = {"eps": eps_values, "clean_acc": clean_acc, "n": n, "seed": int(seed),
-                              "dataset": dataset, "attacks": curves, "non_monotone": non_monotone}
+    result: dict[str, Any] = {
+        "eps": eps_values, "clean_acc": clean_acc, "clean_correct": clean_correct,
+        "clean_ci95": (list(wilson_interval_percent(clean_correct, n))
+                       if clean_correct is not None and n > 0 else None),
+        "n": n, "seed": int(seed), "dataset": dataset,
+        "model": model_name if model_name else model_label(model),
+        "attacks": curves, "non_monotone": non_monotone,
+    }
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
@@ -124,32 +149,67 @@ def eps_sweep(
     return result
 
 
-def plot_sweep(result: dict[str, Any], png_path: str | Path) -> Path:
-    """Accuracy-vs-eps plot of an :func:`eps_sweep` result (PNG, matplotlib Agg backend)."""
-    import matplotlib
+_NORM_LABELS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+
+def _eps_axis(result: dict[str, Any]) -> tuple[float, str]:
+    """(factor applied to eps, x-axis label) in the dataset's usual unit."""
+    norms = {str((c.get("config") or {}).get("norm", "")) for c in result["attacks"].values()}
+    norms.discard("")
+    label = _NORM_LABELS.get(norms.pop(), "") if len(norms) == 1 else ""
+    prefix = f"{label} " if label else ""
+    if eps_in_255(result.get("dataset"), result["eps"]):
+        return 255.0, f"{prefix}ε (in 1/255; pixel values in [0, 1])"
+    return 1.0, f"{prefix}ε (pixel values in [0, 1])"
+
+
+def sweep_figure(result: dict[str, Any], *, title: str | None = None) -> Figure:
+    """Accuracy-vs-eps figure of an :func:`eps_sweep` result, with 95 % error bars.
+
+    eps is shown in the dataset's usual unit (k/255 for CIFAR, pixel fraction for
+    Fashion-MNIST/MNIST), accuracy in percent. ``title`` None: the result's ``model`` name,
+    dataset and n. A bare matplotlib ``Figure`` (no pyplot state).
+    """
+    from matplotlib.figure import Figure
 
     eps = result["eps"]
     order = sorted(range(len(eps)), key=lambda i: eps[i])
-    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
-    try:
-        for name, curve in result["attacks"].items():
-            ax.plot([eps[i] for i in order], [curve["adv_acc"][i] for i in order], marker="o",
-                    label=name)
-        if result.get("clean_acc") is not None:
-            ax.axhline(result["clean_acc"], color="grey", linestyle="--", linewidth=1, label="clean")
-        ax.set_xlabel("eps (pixel units, inputs in [0, 1])")
-        ax.set_ylabel("adversarial accuracy (%)")
-        ax.set_ylim(-2, 102)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title(f"accuracy vs eps (n = {result.get('n')})")
-        fig.tight_layout()
-        out = Path(png_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out)
-    finally:
-        plt.close(fig)
+    factor, xlabel = _eps_axis(result)
+    fig = Figure(figsize=(5.5, 4.0), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, curve in result["attacks"].items():
+        xs = [eps[i] * factor for i in order]
+        ys = [curve["adv_acc"][i] for i in order]
+        ci = curve.get("ci95")
+        if ci:
+            err = [[ys[j] - ci[i][0] for j, i in enumerate(order)],
+                   [ci[i][1] - ys[j] for j, i in enumerate(order)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", markersize=4, capsize=3, label=name)
+        else:
+            ax.plot(xs, ys, marker="o", markersize=4, label=name)
+    if result.get("clean_acc") is not None:
+        ax.axhline(result["clean_acc"], color="grey", linestyle="--", linewidth=1, label="clean")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("adversarial accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title is None:
+        details = ", ".join(str(v) for v in (result.get("dataset"), f"n = {result.get('n')}") if v)
+        model = result.get("model")
+        title = f"{model}: accuracy vs ε ({details})" if model else f"accuracy vs ε ({details})"
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(result: dict[str, Any], png_path: str | Path, *, title: str | None = None) -> Path:
+    """Write :func:`sweep_figure` at ``png_path`` (300 dpi PNG) and as a PDF of the same stem.
+
+    Returns ``png_path``.
+    """
+    from bnnrobust.metrics.hessian_curve import save_figure
+
+    out = Path(png_path)
+    save_figure(sweep_figure(result, title=title), out)
     return out

@@ -7,7 +7,8 @@ For a piecewise-linear network (∂J/∂x = 0 almost everywhere) the input Hessi
 for the whole β grid (the same Gram form as ``bnnrobust.attacks.temperature.hessian_norm``).
 
 Figures are built on a bare :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot state),
-so they work headless and can be saved as PNG or sent to TensorBoard's ``add_figure``.
+so they work headless and can be sent to TensorBoard's ``add_figure``; :func:`save_figure`
+writes them as a 300 dpi PNG plus a PDF of the same stem (also used by the eps-sweep plot).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +25,40 @@ from torch import Tensor, nn
 from bnnrobust.attacks.base import eval_mode
 from bnnrobust.attacks.jacobian import gram_from_jacobian, input_jacobian_and_logits
 from bnnrobust.attacks.temperature import hessian_norm, hns_beta_from_gram
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: resolution of saved raster figures (dots per inch)
+FIGURE_DPI = 300
+
+
+def model_label(model: nn.Module) -> str:
+    """A model's name for figure titles when the caller gives none: its class name; for an
+    ``nn.Sequential`` wrapper (e.g. ``Normalize`` + network) the one child with parameters."""
+    if isinstance(model, nn.Sequential):
+        inner = [m for m in model if next(m.parameters(), None) is not None]
+        if len(inner) == 1:
+            return model_label(inner[0])
+    return type(model).__name__
+
+
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = FIGURE_DPI) -> list[Path]:
+    """Write ``fig`` as a PNG (``dpi`` dots per inch) and a PDF with ``path``'s stem.
+
+    ``path`` with another extension (``.svg``) is written too, in that format. Parent folders
+    are created. The PDF carries no creation date, so reruns give identical files. Returns the
+    paths written (the PNG first).
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    targets = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    if out.suffix.lower() not in ("", ".png", ".pdf"):
+        targets.append(out)
+    for target in targets:
+        metadata = {"CreationDate": None} if target.suffix.lower() == ".pdf" else None
+        fig.savefig(str(target), dpi=dpi, metadata=metadata)
+    return targets
 
 
 def hessian_norms_from_gram(gram: Tensor, logits: Tensor, betas: Tensor) -> Tensor:
@@ -127,17 +163,27 @@ def hessian_norm_curve(
 def plot_hessian_curve(
     curve: HessianCurve,
     marks: Mapping[str, float | Tensor] | None = None,
-    title: str = "Hessian norm vs. β",
-):
+    title: str | None = None,
+    *,
+    model_name: str | None = None,
+) -> Figure:
     """Line plot of ``curve`` (one line per sample, log-log axes) as a matplotlib Figure.
+
+    Axes: β (dimensionless temperature) against ‖H(β)‖_F in loss units per squared pixel
+    unit (inputs in [0, 1]).
 
     Args:
         curve: from :func:`hessian_norm_curve`.
         marks: β values to mark with vertical lines, e.g. ``{"NJS": 0.3, "HNS": β*}``; a (B,)
             tensor marks each sample's own value in its colour.
-        title: figure title.
+        title: figure title; None: ``"<model_name>: Hessian norm vs. β"`` (without a model
+            name: ``"Hessian norm vs. β"``).
+        model_name: the model or run named in the default title.
     """
     from matplotlib.figure import Figure
+
+    if title is None:
+        title = f"{model_name}: Hessian norm vs. β" if model_name else "Hessian norm vs. β"
 
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
@@ -158,10 +204,11 @@ def plot_hessian_curve(
     positive = curve.norms[curve.norms > 0]
     if positive.numel():
         ax.set_yscale("log")
-        ax.set_ylim(bottom=float(positive.max()) * 1e-8)
-    ax.set_xlabel("β (temperature)")
-    ax.set_ylabel("‖H(β)‖_F")
-    ax.set_title(title)
+        top = float(positive.max())
+        ax.set_ylim(bottom=top * 1e-8, top=top * 10)  # the tail falls to ~1e-300: clip it
+    ax.set_xlabel("β (temperature, dimensionless)")
+    ax.set_ylabel("‖H(β)‖_F (loss per squared pixel unit)")
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -176,12 +223,16 @@ def hessian_figure(
     marks: Mapping[str, float | Tensor] | None = None,
     path: str | Path | None = None,
     n_grid: int = 200,
-):
+    model_name: str | None = None,
+    title: str | None = None,
+) -> Figure | None:
     """Fig. 3 for the first ``n_samples`` correctly classified samples of ``(x, y)``.
 
     ``marks`` as in :func:`plot_hessian_curve` (per-sample tensors aligned with ``x``); each
-    sample's HNS β* is always marked (dashed, in the sample's colour). ``path``: also write the figure there (PNG by extension). Returns the Figure, or None when
-    no sample is correctly classified.
+    sample's HNS β* is always marked (dashed, in the sample's colour). ``path``: also write
+    the figure there, a 300 dpi PNG plus a PDF of the same stem (:func:`save_figure`).
+    ``model_name`` (default: :func:`model_label`) goes into the default title; ``title``
+    replaces it. Returns the Figure, or None when no sample is correctly classified.
     """
     with torch.no_grad(), eval_mode(model):
         pred = model(x).argmax(dim=1)
@@ -192,9 +243,10 @@ def hessian_figure(
     sel_marks: dict[str, float | Tensor] = {"HNS β*": curve.hns_beta}
     sel_marks.update({k: (v[idx.to(v.device)].cpu() if torch.is_tensor(v) and v.dim() > 0 else v)
                       for k, v in (marks or {}).items()})
-    fig = plot_hessian_curve(curve, sel_marks)
+    fig = plot_hessian_curve(curve, sel_marks, title,
+                             model_name=model_name if model_name else model_label(model))
     if path is not None:
-        fig.savefig(str(path))
+        save_figure(fig, path)
     return fig
 
 
@@ -203,5 +255,7 @@ __all__ = [
     "hessian_figure",
     "hessian_norm_curve",
     "hessian_norms_from_gram",
+    "model_label",
     "plot_hessian_curve",
+    "save_figure",
 ]
