@@ -219,3 +219,12 @@ def test_evaluate_py_resumes_an_interrupted_run(tiny_ckpt: str, tmp_path: Path,
     for name in ("fgsm", "pgd"):
         assert body["attacks"][name]["correct"] == fresh["attacks"][name]["correct"]
     assert body["worst_case_acc"] == fresh["worst_case_acc"]
+
+
+def test_model_digest_covers_zero_dim_buffers() -> None:
+    from bnnrobust.evaluation.partial import model_digest
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))  # num_batches_tracked is 0-dim
+    before = model_digest(net)
+    net[1].num_batches_tracked += 1
+    assert model_digest(net) != before
