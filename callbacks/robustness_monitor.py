@@ -39,7 +39,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from bnnrobust.attacks.base import Attack, check_logits, eval_mode
-from bnnrobust.attacks.jacobian import check_jacobian_space
+from bnnrobust.attacks.jacobian import (
+    check_jacobian_space,
+    gram_from_jacobian,
+    input_jacobian_and_logits,
+    singular_values_from_gram,
+    to_jacobian_space,
+)
+from bnnrobust.attacks.temperature import NJS
 from bnnrobust.evaluation.report import weaker_temperature_notes
 from bnnrobust.metrics.signal import HNS, SignalStats, signal_sums
 
@@ -280,15 +287,31 @@ class RobustnessMonitor(Callback):
             self._write_images(trainer, model, stats, beta1, first)
             self.last_timings["images"] = time.perf_counter() - t
 
+    @staticmethod
+    def _njs_beta1(trainer: L.Trainer, model: nn.Module, jac_logits: Any, space: str,
+                   reduce: Any, device: torch.device) -> float:
+        """NJS's β1 = 1 / mean singular value over every rank's signal samples, J taken in
+        ``space`` ("normalized" or "pixel"); 1 (with a warning) when undefined."""
+        sv_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [Σσ, #σ]
+        if jac_logits is not None:
+            jac = to_jacobian_space(jac_logits[0], model, space)
+            finite = torch.isfinite(jac).flatten(1).all(dim=1)
+            sv = singular_values_from_gram(gram_from_jacobian(jac[finite]), jac.shape[-1])
+            nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
+            sv_sum[0] = sv.sum() if bool(finite.all()) else nan
+            sv_sum[1] = float(jac.shape[0] * min(jac.shape[1], jac.shape[2]))
+        sv_sum = reduce(sv_sum, "sum")
+        beta1 = float(sv_sum[1] / sv_sum[0]) if float(sv_sum[0]) > 0 else math.nan
+        if math.isfinite(beta1) and beta1 > 0:
+            return beta1
+        if trainer.is_global_zero:
+            rank_zero_warn(f"RobustnessMonitor: NJS β1 ({space} space) is undefined (mean "
+                           f"Jacobian singular value "
+                           f"{float(sv_sum[0] / max(float(sv_sum[1]), 1.0))}); using 1.")
+        return 1.0
+
     def _evaluate(self, trainer: L.Trainer, model: nn.Module,
                   device: torch.device) -> tuple[SignalStats, list[float], float, Any]:
-        from bnnrobust.attacks.jacobian import (
-            gram_from_jacobian,
-            input_jacobian_and_logits,
-            singular_values_from_gram,
-            to_jacobian_space,
-        )
-        from bnnrobust.attacks.temperature import NJS
 
         timings: dict[str, float] = {}
 
@@ -303,28 +326,15 @@ class RobustnessMonitor(Callback):
         t = tick("load", t)
         # one Jacobian of the signal samples serves NJS's β1 and the metrics
         x_sig, y_sig = (v.to(device) for v in cache["signal"])
-        sv_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [Σσ, #σ]
-        jac_logits = None
-        if x_sig.shape[0]:
-            jac_logits = input_jacobian_and_logits(model, x_sig)
-            jac = to_jacobian_space(jac_logits[0], model, self.jacobian_space)
-            finite = torch.isfinite(jac).flatten(1).all(dim=1)
-            sv = singular_values_from_gram(gram_from_jacobian(jac[finite]), jac.shape[-1])
-            nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
-            sv_sum[0] = sv.sum() if bool(finite.all()) else nan
-            sv_sum[1] = float(x_sig.shape[0] * min(jac.shape[1], jac.shape[2]))
-        sv_sum = reduce(sv_sum, "sum")
-        beta1 = float(sv_sum[1] / sv_sum[0]) if float(sv_sum[0]) > 0 else math.nan
-        if not (math.isfinite(beta1) and beta1 > 0):
-            if trainer.is_global_zero:
-                rank_zero_warn(f"RobustnessMonitor: NJS β1 is undefined (mean Jacobian singular "
-                               f"value {float(sv_sum[0] / max(float(sv_sum[1]), 1.0))}); using 1.")
-            beta1 = 1.0
-        for attack in self.attacks:
-            temperature = getattr(attack, "temperature", None)
-            if isinstance(temperature, NJS):  # one β1 for every batch and rank
-                temperature.reset()
-                temperature.beta1 = beta1
+        jac_logits = input_jacobian_and_logits(model, x_sig) if x_sig.shape[0] else None
+        njs_rules = [t for t in (getattr(a, "temperature", None) for a in self.attacks)
+                     if isinstance(t, NJS)]
+        spaces = {self.jacobian_space} | {t.jacobian_space for t in njs_rules}
+        beta1_of = {space: self._njs_beta1(trainer, model, jac_logits, space, reduce, device)
+                    for space in sorted(spaces)}
+        beta1 = beta1_of[self.jacobian_space]
+        for rule in njs_rules:  # one β1 for every batch and rank, in the rule's own space
+            rule.beta1 = beta1_of[rule.jacobian_space]
         t = tick("jacobian_njs", t)
         betas: dict[str, float | str] = {"original": 1.0, "njs": beta1, "hns": HNS}
         sums = signal_sums(model, x_sig, y_sig, betas, n_grid=self.hns_grid, jacobian=jac_logits,

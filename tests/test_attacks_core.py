@@ -425,7 +425,11 @@ def test_real_sign_activation_if_available() -> None:
 def test_njs_prepare_uses_clean_batch(setup) -> None:
     model, _, _, x, y = setup
     t = NJS(n_jsv=16)
-    PGD(eps=0.05, steps=1, temperature=t, seed=0)(model, x[:32], y[:32])
+    out = PGD(eps=0.05, steps=1, temperature=t, seed=0).perturb(model, x[:32], y[:32])
     from bnnrobust.attacks import njs_temperature
 
-    assert t.beta1 == pytest.approx(njs_temperature(model, x[:16]))
+    # β1 of this call came from the clean batch (not the random start), and was not kept
+    fixed = NJS(n_jsv=16, beta1=njs_temperature(model, x[:16]))
+    ref = PGD(eps=0.05, steps=1, temperature=fixed, seed=0).perturb(model, x[:32], y[:32])
+    torch.testing.assert_close(out.info["beta"], ref.info["beta"])
+    assert t.beta1 is None

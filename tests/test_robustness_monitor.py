@@ -237,3 +237,28 @@ def test_a_tempered_attack_weaker_than_its_base_is_named(tmp_path: Path) -> None
     m = monitor.last_metrics
     assert m["robust/pgd++beta1e-45_acc"] > m["robust/pgd_acc"]
     assert len(monitor.last_notes) == 1 and "lowered the gradient signal" in monitor.last_notes[0]
+
+
+def test_each_njs_attack_gets_beta1_in_its_own_jacobian_space(tmp_path: Path) -> None:
+    """The monitor's β1 (normalized space) is not written into a pixel-space NJS attack."""
+    from bnnrobust.models.normalize import Normalize
+
+    L.seed_everything(0)
+    pixel = {"name": "pgd", "steps": 1, "eps": 0.2, "step_size": 0.1,
+             "temperature": {"name": "njs", "jacobian_space": "pixel"}}
+    monitor = RobustnessMonitor(num_samples=16, batch_size=16, signal_samples=8,
+                                attacks=[ATTACKS[1], pixel], histogram=False,
+                                hessian_figure=False, seed=3)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1, num_sanity_val_steps=0)
+    system = make_system(lr=0.0)
+    system.model = nn.Sequential(Normalize([0.5], [0.25]), system.model)
+    data = make_data()
+    trainer.fit(system, data)
+    rules = {a.name: a.temperature for a in monitor.attacks}
+    idx = torch.randperm(len(data.val_set), generator=torch.Generator().manual_seed(3))[:8]
+    x = torch.stack([data.val_set[i][0] for i in idx])
+    model = system.model
+    assert rules["pgd++njs"].beta1 == pytest.approx(njs_temperature(model, x), rel=1e-5)
+    assert rules["pgd++njs_pixel"].beta1 == pytest.approx(
+        njs_temperature(model, x, jacobian_space="pixel"), rel=1e-5)
+    assert rules["pgd++njs_pixel"].beta1 == pytest.approx(rules["pgd++njs"].beta1 * 0.25, rel=1e-4)

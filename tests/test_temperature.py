@@ -14,6 +14,7 @@ from bnnrobust.attacks.temperature import (
     NJS,
     FixedTemperature,
     TemperatureState,
+    calibrate_njs,
     hessian_norm,
     hns_beta_from_gram,
     hns_grid,
@@ -53,31 +54,54 @@ def test_njs_beta1_equals_direct_svd() -> None:
     assert t.calibrate(model, x) == pytest.approx(beta1)
 
 
-def test_njs_auto_calibration_is_remembered_and_refreshed() -> None:
+def test_njs_beta1_is_explicit_or_per_call() -> None:
     model = _relu_net()
     x = torch.rand(8, 1, 4, 4, dtype=torch.float64)
     y = torch.zeros(8, dtype=torch.long)
     t = NJS(n_jsv=4)
     assert not t.calibrated
-    state = t.start(model, x, y)
-    b1 = t.beta1
-    assert b1 == pytest.approx(njs_temperature(model, x[:4]))
-    torch.testing.assert_close(state.beta, torch.full((8,), b1))
-    t.start(model, torch.rand_like(x), y)  # same model, same weights: remembered
-    assert t.beta1 == b1
-    with torch.no_grad():
-        model[-1].weight.mul_(2.0)  # in-place update (as an optimizer step): recalibrated
-    t.start(model, x, y)
-    assert t.beta1 == pytest.approx(b1 / 2, rel=0.2)
-    # explicit calibration is kept even when weights change, until reset()
-    t.calibrate(model, x)
-    b_cal = t.beta1
-    with torch.no_grad():
-        model[-1].weight.mul_(3.0)
-    t.start(model, x, y)
-    assert t.beta1 == b_cal
+    # an uncalibrated rule calibrates a copy per call and remembers nothing
+    prepared = t.prepare(model, x)
+    assert prepared is not t and t.beta1 is None
+    b1 = prepared.beta1
+    assert b1 == pytest.approx(calibrate_njs(model, x[:4], n_jsv=4))
+    torch.testing.assert_close(prepared.start(model, x, y).beta, torch.full((8,), b1))
+    # weights changed through .data (no version counter moves): the next call sees them
+    model[-1].weight.data *= 2.0
+    assert t.prepare(model, x).beta1 == pytest.approx(b1 / 2, rel=0.2)
+    # start() without prepare() on an uncalibrated rule: β1 of that batch, not remembered
+    torch.testing.assert_close(t.start(model, x, y).beta,
+                               torch.full((8,), calibrate_njs(model, x, n_jsv=4)))
+    assert t.beta1 is None
+    # explicit calibration (or beta1=) is kept even when weights change, until reset()
+    b_cal = t.calibrate(model, x)
+    model[-1].weight.data *= 3.0
+    assert t.prepare(model, x) is t
+    assert t.start(model, x, y).beta[0].item() == pytest.approx(b_cal)
+    assert NJS(beta1=0.25).describe()["beta1"] == 0.25
     t.reset()
     assert t.beta1 is None
+    with pytest.raises(ValueError, match="beta1"):
+        NJS(beta1=0.0)
+
+
+def test_pgd_njs_follows_weights_changed_through_data() -> None:
+    """An NJS attack reused after a ``.data`` update uses β1 of the new weights (a cached β1
+    keyed on parameter version counters would not see this update)."""
+    from bnnrobust.attacks import PGD
+
+    model = _relu_net().float()
+    x = torch.rand(6, 1, 4, 4)
+    y = torch.zeros(6, dtype=torch.long)
+    attack = PGD(eps=0.1, steps=1, temperature=NJS(n_jsv=6), seed=0)
+    first = attack.perturb(model, x, y).info["beta"]
+    for p in model.parameters():
+        p.data *= 4.0
+    second = attack.perturb(model, x, y).info["beta"]
+    fixed = NJS(n_jsv=6, beta1=calibrate_njs(model, x, n_jsv=6))
+    expected = PGD(eps=0.1, steps=1, temperature=fixed, seed=0).perturb(model, x, y).info["beta"]
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(second, expected)
 
 
 def test_njs_beta2_rule() -> None:
@@ -326,7 +350,7 @@ def test_temperature_dict_specs() -> None:
     prop1 = make_temperature({"name": "prop1", "rho": 0.2})
     assert isinstance(prop1, Prop1Temperature) and prop1.rho == 0.2
     assert isinstance(make_temperature("prop1"), Prop1Temperature)
-    with pytest.raises(ValueError, match=r"'roh'.*accepted: n_jsv, rho, chunk_size"):
+    with pytest.raises(ValueError, match=r"'roh'.*accepted: n_jsv, rho, beta1, chunk_size"):
         make_temperature({"name": "njs", "roh": 0.1})
     with pytest.raises(ValueError, match="needs 'name' in njs, hns, prop1, fixed"):
         make_temperature({"rho": 0.1})

@@ -237,8 +237,10 @@ class APGD(Attack):
         y: Tensor,
         target: Tensor | None,
         generator: torch.Generator | None,
+        temperature: Temperature | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One APGD run on a batch that is classified correctly.
+        """One APGD run on a batch that is classified correctly (``temperature``: this
+        call's prepared temperature, see :meth:`Temperature.prepare`).
 
         Returns ``(x_out, fooled, loss_best, beta)``, all of batch size B: ``x_out`` is a
         misclassified iterate where ``fooled`` and the best-loss point elsewhere.
@@ -258,8 +260,8 @@ class APGD(Attack):
         pos = torch.arange(n, device=dev)
         x_adv = self._random_start(x, generator)
         state = None
-        if self.temperature is not None:
-            state = self.temperature.start(model, x_adv, y)
+        if temperature is not None:
+            state = temperature.start(model, x_adv, y)
         logits, loss, grad, beta = self._loss_grad(model, x_adv, y, target, state)
         fooled = logits.argmax(1) != y
         x_best_adv = x_adv.clone()
@@ -355,8 +357,8 @@ class APGD(Attack):
             raise ValueError(f"{self.name}: loss {self.loss!r} needs at least {need} classes, the "
                              f"model has d={d}; use loss='ce' for models with fewer classes.")
         robust = logits.argmax(1) == y
-        if self.temperature is not None:
-            self.temperature.prepare(model, x)  # e.g. NJS calibrates β1 on the clean batch
+        # this call's temperature (e.g. NJS without a fixed β1 calibrates on the clean batch)
+        temperature = None if self.temperature is None else self.temperature.prepare(model, x)
         x_adv = x.clone()
         loss_out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         beta_out = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
@@ -375,7 +377,8 @@ class APGD(Attack):
                 if idx.numel() == 0:
                     break
                 target = None if rank is None else order[idx, rank]
-                xs, fooled, loss_b, beta = self._single_run(model, x[idx], y[idx], target, generator)
+                xs, fooled, loss_b, beta = self._single_run(model, x[idx], y[idx], target, generator,
+                                                          temperature)
                 x_adv[idx] = xs  # misclassified iterate where fooled, best-loss point elsewhere
                 loss_out[idx] = loss_b
                 beta_out[idx] = beta

@@ -178,11 +178,12 @@ class PGD(Attack):
 
     # ------------------------------------------------------------------ attack
     def _run(
-        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None,
+        t: Temperature | None,
     ) -> tuple[Tensor, Tensor | None]:
-        """One run (one restart): returns the final iterate and the last step's β (or None)."""
+        """One run (one restart) under ``t`` (this call's prepared temperature): returns the
+        final iterate and the last step's β (or None)."""
         x_adv = self._random_start(x, generator) if self.random_start else x.clone()
-        t = self.temperature
         state = t.start(model, x_adv, y) if t is not None else None
         beta = None
         for step in range(self.steps):
@@ -203,10 +204,10 @@ class PGD(Attack):
     def _perturb(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None
     ) -> AttackOutput:
-        if self.temperature is not None:
-            self.temperature.prepare(model, x)
+        # this call's temperature (e.g. NJS without a fixed β1 calibrates on the clean batch)
+        t = None if self.temperature is None else self.temperature.prepare(model, x)
         if self.restarts == 1:
-            x_adv, beta = self._run(model, x, y, generator)
+            x_adv, beta = self._run(model, x, y, generator, t)
             info = {} if beta is None else {"beta": beta.detach().to(x.device)}
             return AttackOutput(x_adv, info)
 
@@ -215,7 +216,7 @@ class PGD(Attack):
         found = torch.zeros(y.shape, dtype=torch.bool, device=x.device)
         best_beta: Tensor | None = None
         for _ in range(self.restarts):
-            x_adv, beta = self._run(model, x, y, generator)
+            x_adv, beta = self._run(model, x, y, generator, t)
             with torch.no_grad():
                 logits = model(x_adv)
                 loss = per_sample_loss(self.loss, logits, y).float()

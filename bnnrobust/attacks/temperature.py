@@ -28,7 +28,8 @@ Rules (one class each, all reusable by any gradient attack through the same two 
 
 Protocol used by the attacks::
 
-    t.prepare(model, x_clean)            # optional, once per call (NJS calibrates on clean x)
+    t = t.prepare(model, x_clean)        # once per call: the rule for this call (NJS without
+                                         # a fixed β1 returns a copy calibrated on clean x)
     state = t.start(model, x_start, y)   # once per run/restart, at the random-start point
     scaled, beta = t.scale(model(x_t), y, state)   # every step; loss on ``scaled``
 """
@@ -38,7 +39,6 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +64,7 @@ __all__ = [
     "Prop1Temperature",
     "Temperature",
     "TemperatureState",
+    "calibrate_njs",
     "hessian_norm",
     "hns_beta_from_gram",
     "hns_temperature",
@@ -92,8 +93,12 @@ class Temperature(ABC):
     #: short name used in attack names (``"pgd++" + name``)
     name: str = "temperature"
 
-    def prepare(self, model: nn.Module, x_clean: Tensor) -> None:  # noqa: B027 - optional hook
-        """Optional hook on the clean batch, once per attack call (default: nothing)."""
+    def prepare(self, model: nn.Module, x_clean: Tensor) -> Temperature:
+        """The rule to use for one attack call on the clean batch ``x_clean`` (default: self).
+
+        Rules that need a per-model value (NJS's β1) return a calibrated copy and leave
+        ``self`` unchanged, so nothing is remembered between calls."""
+        return self
 
     @abstractmethod
     def start(self, model: nn.Module, x: Tensor, y: Tensor) -> TemperatureState:
@@ -183,6 +188,28 @@ def njs_temperature(
     return 1.0 / mu
 
 
+def calibrate_njs(
+    model: nn.Module,
+    x_ref: Tensor,
+    n_jsv: int = 100,
+    *,
+    chunk_size: int = 32,
+    jacobian_space: str = "normalized",
+) -> float:
+    """NJS's β1 for ``model`` on the clean reference samples ``x_ref[:n_jsv]``: the one
+    function the evaluation runner, the adversarial trainer, the robustness monitor and
+    ``NJS.calibrate`` use. Same arguments and value as :func:`njs_temperature`."""
+    return njs_temperature(model, x_ref, n_jsv, chunk_size=chunk_size,
+                           jacobian_space=jacobian_space)
+
+
+def _check_beta1(beta1: float) -> float:
+    if isinstance(beta1, bool) or not isinstance(beta1, int | float) \
+            or not math.isfinite(beta1) or beta1 <= 0:
+        raise ValueError(f"NJS beta1 must be a finite number > 0, got {beta1!r}.")
+    return float(beta1)
+
+
 def njs_bound(d: int, rho: float) -> float:
     """Proposition 1: ``−log(ρ / ((d−1)(1−ρ)))`` (to be divided by γ = a1 − ad)."""
     if d < 2:
@@ -225,17 +252,17 @@ class NJS(Temperature):
     Args:
         n_jsv: number of clean samples whose Jacobian singular values define β1.
         rho: lower bound on ``1 − p_y`` targeted by β2 (0 < ρ < (d−1)/d).
+        beta1: a fixed β1 > 0 (e.g. from :func:`calibrate_njs`); None: calibrate per call.
         chunk_size: samples per Jacobian forward (memory ∝ ``chunk_size * d``).
         jacobian_space: ``"normalized"`` (default: J with respect to the tensor after the
             model's ``Normalize``, as the authors' code does) or ``"pixel"`` ([0, 1] image).
 
-    β1 is found once and remembered. :meth:`calibrate` sets it explicitly (e.g. on the first
-    ``n_jsv`` samples of the evaluation set) and it then stays fixed until :meth:`reset`.
-    Without calibration, the first attack call calibrates on the first ``n_jsv`` samples of
-    its clean batch (:meth:`prepare`; or, if an attack does not call ``prepare``, of the
-    random-start batch in :meth:`start`) and remembers it for that model; it is recomputed
-    automatically when the attack meets a different model or the model's parameters or
-    buffers were modified in place since (e.g. by an optimizer step).
+    β1 is explicit: it is the ``beta1`` given here or set by :meth:`calibrate` (kept until
+    :meth:`reset`), and ``describe()`` reports it. With ``beta1=None`` every attack call
+    computes β1 afresh on the first ``n_jsv`` samples of its clean batch (:meth:`prepare`
+    returns a calibrated copy; nothing is remembered, so no value can go stale when the
+    weights change). The evaluation runner, the adversarial trainer and the robustness
+    monitor calibrate explicitly on their reference samples.
     """
 
     name = "njs"
@@ -245,6 +272,7 @@ class NJS(Temperature):
         n_jsv: int = 100,
         rho: float = 0.01,
         *,
+        beta1: float | None = None,
         chunk_size: int = 32,
         jacobian_space: str = "normalized",
     ) -> None:
@@ -259,46 +287,39 @@ class NJS(Temperature):
         if self.jacobian_space == "pixel":
             self.name += "_pixel"
         self.chunk_size = _check_n("chunk_size", chunk_size)
-        self.beta1: float | None = None
-        self._auto_model: weakref.ref[nn.Module] | None = None
-        self._auto_key: tuple[int, ...] | None = None
+        self.beta1: float | None = None if beta1 is None else _check_beta1(beta1)
 
     def calibrate(self, model: nn.Module, x_ref: Tensor) -> float:
-        """Set β1 from ``x_ref[:n_jsv]`` (clean samples); kept until :meth:`reset`."""
-        self.beta1 = njs_temperature(model, x_ref, self.n_jsv, chunk_size=self.chunk_size,
-                                     jacobian_space=self.jacobian_space)
-        self._auto_model = None
-        self._auto_key = None
+        """Set β1 from ``x_ref[:n_jsv]`` (clean samples) and return it; kept until :meth:`reset`."""
+        self.beta1 = calibrate_njs(model, x_ref, self.n_jsv, chunk_size=self.chunk_size,
+                                   jacobian_space=self.jacobian_space)
         return self.beta1
 
     def reset(self) -> None:
-        """Forget β1 (the next attack call calibrates again)."""
+        """Forget β1 (attack calls then calibrate per call again)."""
         self.beta1 = None
-        self._auto_model = None
-        self._auto_key = None
 
     @property
     def calibrated(self) -> bool:
         return self.beta1 is not None
 
-    def _ensure_calibrated(self, model: nn.Module, x: Tensor) -> None:
-        if self.beta1 is not None:
-            if self._auto_model is None:  # explicit calibration: keep
-                return
-            if self._auto_model() is model and self._auto_key == _param_versions(model):
-                return
-        self.beta1 = njs_temperature(model, x, self.n_jsv, chunk_size=self.chunk_size,
-                                     jacobian_space=self.jacobian_space)
-        self._auto_model = weakref.ref(model)
-        self._auto_key = _param_versions(model)
+    def with_beta1(self, beta1: float) -> NJS:
+        """A copy of this rule with β1 fixed to ``beta1``."""
+        return NJS(self.n_jsv, self.rho, beta1=beta1, chunk_size=self.chunk_size,
+                   jacobian_space=self.jacobian_space)
 
-    def prepare(self, model: nn.Module, x_clean: Tensor) -> None:
-        self._ensure_calibrated(model, x_clean)
+    def prepare(self, model: nn.Module, x_clean: Tensor) -> NJS:
+        if self.beta1 is not None:
+            return self
+        return self.with_beta1(calibrate_njs(model, x_clean, self.n_jsv,
+                                             chunk_size=self.chunk_size,
+                                             jacobian_space=self.jacobian_space))
 
     def start(self, model: nn.Module, x: Tensor, y: Tensor) -> TemperatureState:
-        self._ensure_calibrated(model, x)
-        assert self.beta1 is not None
-        return TemperatureState(torch.full((x.shape[0],), self.beta1, device=x.device))
+        # an uncalibrated rule used without prepare(): β1 from this run's start batch
+        beta1 = self.beta1 if self.beta1 is not None else self.prepare(model, x).beta1
+        assert beta1 is not None
+        return TemperatureState(torch.full((x.shape[0],), beta1, device=x.device))
 
     def scale(self, logits: Tensor, y: Tensor, state: TemperatureState) -> tuple[Tensor, Tensor]:
         beta1 = state.beta.to(device=logits.device)
@@ -309,17 +330,6 @@ class NJS(Temperature):
     def describe(self) -> dict[str, object]:
         return {"name": "njs", "n_jsv": self.n_jsv, "rho": self.rho,
                 "jacobian_space": self.jacobian_space, "beta1": self.beta1}
-
-
-def _param_versions(model: nn.Module) -> tuple[int, ...]:
-    """In-place modification counters of all parameters and buffers (cheap staleness check)."""
-    versions = []
-    for t in [*model.parameters(), *model.buffers()]:
-        try:
-            versions.append(int(t._version))
-        except RuntimeError:  # inference tensors have no version counter
-            versions.append(-1)
-    return tuple(versions)
 
 
 # ----------------------------------------------------------------------------- HNS
