@@ -390,3 +390,29 @@ def test_nan_logits_stop_the_test_loop_and_the_monitor(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"non-finite logits \(NaN or inf\) on the robustness monitor"):
         fit.fit(_NoValCheck(model=_NaNNet(), num_classes=4), train_dataloaders=loader,
                 val_dataloaders=loader)
+
+
+# -- 11. devices and dtypes ----------------------------------------------------------------------
+def test_a_bad_or_missing_device_is_one_clear_error() -> None:
+    from bnnrobust.evaluation.runner import resolve_device
+
+    with pytest.raises(ValueError, match=r"'tpu'.*accepted: auto, cpu, cuda, cuda:N, mps"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"'cuda'.*no CUDA GPU is available.*use cpu"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_float64_images_evaluate_a_float32_model() -> None:
+    from bnnrobust.evaluation import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = torch.rand(12, 1, 4, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,))
+    attacks = {"pgd": PGD(eps=0.1, steps=2, step_size=0.05)}
+    as64 = evaluate(model, (x, y), attacks, progress=False)
+    as32 = evaluate(model, (x.float(), y), attacks, progress=False)
+    assert as64.clean_acc == as32.clean_acc
+    assert as64.attacks["pgd"].correct == as32.attacks["pgd"].correct

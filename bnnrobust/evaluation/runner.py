@@ -137,7 +137,25 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"`` → ``cuda`` when available else ``cpu``; otherwise ``torch.device(device)``."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    accepted = "accepted: auto, cpu, cuda, cuda:N, mps"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {str(device)!r}; {accepted}.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: no CUDA GPU is available on this machine "
+                             "(torch.cuda.is_available() is False); use cpu or auto.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s), numbered from 0.")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"device {str(device)!r}: MPS is not available on this machine; "
+                             "use cpu or auto.")
+    elif dev.type != "cpu":
+        raise ValueError(f"Unsupported device {str(device)!r}; {accepted}.")
+    return dev
 
 
 def _dist() -> tuple[int, int]:
@@ -325,6 +343,7 @@ def evaluate(
             for b in range(rank, len(starts), world)]
     names = list(attacks)
     model = model.to(dev)
+    dtype = _float_dtype(model)  # images are cast to it (float64 data, float32 model)
     t_start = time.perf_counter()
     fork_devices = [dev] if dev.type == "cuda" else []
     results: dict[str, AttackResult] = {}
@@ -335,7 +354,7 @@ def evaluate(
         if calibrate_njs:
             x_cal, _ = src.get(0, min(n_calib, total))
             _check_images(x_cal, 0)
-            x_cal = x_cal.to(dev)
+            x_cal = x_cal.to(dev, dtype)
             for name in names:
                 for temp, target in _njs_targets(attacks[name], model):
                     njs_beta1.setdefault(name, []).append(float(temp.calibrate(target, x_cal)))
@@ -351,6 +370,7 @@ def evaluate(
         for _, start, stop in mine:
             x, y = src.get(start, stop)
             _check_images(x, start)
+            x = x.to(dtype)
             digest.update(x.detach().cpu().float().contiguous().numpy().tobytes())
             digest.update(y.detach().cpu().long().numpy().tobytes())
             x, y = x.to(dev), y.to(dev).long()
@@ -407,9 +427,10 @@ def _run_attack(model: nn.Module, src: _Samples, attack: Attack, name: str,
     """One attack over this process's batches; reduced over processes; adv examples saved."""
     tally = SampleTally(total).to(dev)
     parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    dtype = _float_dtype(model)
     for b, start, stop in mine:
         x, y = src.get(start, stop)
-        x, y = x.to(dev), y.to(dev).long()
+        x, y = x.to(dev, dtype), y.to(dev).long()
         correct = clean_mask[start:stop].to(dev)
         idx = correct.nonzero().flatten()
         torch.manual_seed(_batch_seed(seed, name, b))
@@ -441,6 +462,14 @@ def _run_attack(model: nn.Module, src: _Samples, attack: Attack, name: str,
     if save_adv is not None:
         _save_adv(Path(save_adv), name, _gather(parts), result, seed)
     return result, done.mask
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter or buffer (float32 if none)."""
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
 
 
 def _result_fields(result: AttackResult) -> dict[str, Any]:
