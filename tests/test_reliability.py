@@ -416,3 +416,10 @@ def test_float64_images_evaluate_a_float32_model() -> None:
     as32 = evaluate(model, (x.float(), y), attacks, progress=False)
     assert as64.clean_acc == as32.clean_acc
     assert as64.attacks["pgd"].correct == as32.attacks["pgd"].correct
+
+
+def test_a_plain_state_dict_as_checkpoint_says_what_it_is(tmp_path: Path) -> None:
+    plain = tmp_path / "weights.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), plain)
+    with pytest.raises(CheckpointError, match=r"plain state_dict \(2 tensors.*Any model"):
+        load_system(plain)

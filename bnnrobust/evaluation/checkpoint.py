@@ -83,6 +83,15 @@ def load_checkpoint_dict(ckpt_path: str | Path) -> dict[str, Any]:
             f"Checkpoint {str(path)!r} is unreadable (corrupt or truncated file, or not a "
             f"PyTorch checkpoint): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         ) from None
+    if isinstance(ckpt, dict) and ckpt and "state_dict" not in ckpt \
+            and all(torch.is_tensor(v) for v in ckpt.values()):
+        raise CheckpointError(
+            f"{str(path)!r} is a plain state_dict ({len(ckpt)} tensors, e.g. "
+            f"{sorted(ckpt)[0]!r}): weights without the network's configuration. --ckpt_path and "
+            "--ckpt take a Lightning checkpoint written by train.py or `python -m bnnrobust fit`; "
+            "to evaluate the weights of a network of your own, give the network and the weights "
+            "(docs/evaluation.md, 'Any model')."
+        )
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         keys = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
