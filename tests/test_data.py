@@ -162,6 +162,9 @@ def test_mnist_finds_files_in_data_dir_and_reads_gz_or_plain(tmp_path: Path) -> 
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (24, 6, 7)
     assert read_idx(raw / "t10k-images-idx3-ubyte").shape == (7, 28, 28)
+    for bad in (0, 30):  # no validation sample, or no training sample left
+        with pytest.raises(ValueError, match=rf"val_size must be between 1 and 29 .* got {bad}"):
+            MNISTDataModule(data_dir=str(tmp_path), val_size=bad).setup()
 
 
 def test_missing_mnist_error_names_the_fix(tmp_path: Path) -> None:

@@ -284,6 +284,8 @@ def test_a_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path: 
     (["--data.init_args.batch_size", "0"], "batch_size must be a positive integer, got 0"),
     (["--model.init_args.model.init_args.binarizer", "nosuch"], "nosuch"),
     (["--model.init_args.test_attacks", "[{name: pgd, eps: -0.1}]"], "eps"),
+    (["--model.init_args.test_attacks", "[{name: pgd, steps: 0}]"], "steps must be an integer >= 1"),
+    (["--model.init_args.test_attacks", "[pgd_typo]"], "Unknown attack 'pgd_typo'"),
     (["--empty"], "is empty or not a mapping"),
 ])
 def test_config_errors_are_one_paragraph_without_traceback(tmp_path: Path, override: list[str],
