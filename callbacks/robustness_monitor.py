@@ -5,7 +5,8 @@ the callback takes a fixed, seeded subset of the validation set (the same sample
 epoch) and logs under ``robust/``:
 
 * ``robust/clean_acc`` and ``robust/<attack>_acc`` for each attack (accuracy over the whole
-  subset, misclassified samples count as non-robust);
+  subset; a sample is robust when it is correct clean and after the attack, counted per
+  sample with :class:`~bnnrobust.evaluation.accounting.SampleTally` as evaluate.py does);
 * the signal-propagation metrics of :mod:`bnnrobust.metrics.signal` (paper Table 12) over the
   correctly classified samples, for β = 1 (``robust/jsv_mean``, ...), NJS β1
   (``robust/njs/jsv_mean``, ...) and HNS β* (``robust/hns/jsv_mean``, ...);
@@ -47,6 +48,7 @@ from bnnrobust.attacks.jacobian import (
     to_jacobian_space,
 )
 from bnnrobust.attacks.temperature import NJS
+from bnnrobust.evaluation.accounting import SampleTally
 from bnnrobust.evaluation.report import weaker_temperature_notes
 from bnnrobust.metrics.signal import HNS, SignalStats, signal_sums
 
@@ -341,28 +343,34 @@ class RobustnessMonitor(Callback):
                            jacobian_space=self.jacobian_space)
         del jac_logits
         t = tick("signal", t)
-        counts = torch.zeros(len(self.attacks) + 2, dtype=torch.float64, device=device)
+        # robust = correct clean and after the attack, counted per sample (as evaluate does)
+        total = sum(int(y.shape[0]) for _, _, y in cache["local"])
+        total = int(reduce(torch.tensor(float(total), dtype=torch.float64, device=device),
+                           "sum"))
+        clean = SampleTally(total).to(device)
+        tallies = [SampleTally(total).to(device) for _ in self.attacks]
         for b, x_cpu, y_cpu in cache["local"]:
             x, y = x_cpu.to(device), y_cpu.to(device)
+            index = torch.arange(b * self.batch_size, b * self.batch_size + y.shape[0])
             with torch.no_grad():
                 logits = model(x)
             check_logits(logits, y, where="the robustness monitor's samples")
-            counts[-2] += (logits.argmax(dim=1) == y).sum()
-            counts[-1] += y.shape[0]
+            correct = logits.argmax(dim=1) == y
+            clean.update(index, correct)
             for i, attack in enumerate(self.attacks):
                 attack.seed = self.seed + b
                 x_adv = attack(model, x, y)
                 with torch.no_grad():
                     adv_logits = model(x_adv)
                 check_logits(adv_logits, where=f"the monitor's {self.attack_tags[i]} examples")
-                counts[i] += (adv_logits.argmax(dim=1) == y).sum()
+                tallies[i].update(index, correct & (adv_logits.argmax(dim=1) == y),
+                                  attacked=int(y.shape[0]))
                 t = tick(f"attack/{self.attack_tags[i]}", t)
         self.last_timings = timings
         sums = sums.reduce(reduce)
-        totals: list[float] = reduce(counts, "sum").cpu().tolist()
         stats = sums.finalize()
-        n = max(totals[-1], 1.0)
-        accs = [c / n for c in totals[:-1]]  # attacks..., clean
+        accs = [tally.compute().correct / total for tally in tallies]
+        accs.append(clean.compute().correct / total)  # attacks..., clean
         return stats, accs, beta1, cache["first"]
 
     # -- rank-zero side effects -------------------------------------------------------------
