@@ -425,3 +425,40 @@ def test_a_plain_state_dict_as_checkpoint_says_what_it_is(tmp_path: Path) -> Non
     torch.save(torch.nn.Linear(3, 2).state_dict(), plain)
     with pytest.raises(CheckpointError, match=r"plain state_dict \(2 tensors.*Any model"):
         load_system(plain)
+
+
+def test_the_test_loop_counts_robust_only_where_clean_is_correct(tmp_path: Path) -> None:
+    """An 'attack' that makes every image classified correctly cannot lift robust accuracy
+    above clean accuracy: robust means correct clean and after the attack."""
+    import lightning as L
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bnnrobust.attacks.base import Attack, AttackOutput
+    from bnnrobust.systems import ImageClassifier
+
+    class Oracle(Attack):
+        name = "oracle"
+
+        def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     generator: torch.Generator | None) -> AttackOutput:
+            return AttackOutput(y.float().view(-1, 1, 1, 1).expand_as(x).clone())
+
+    class MeanSign(nn.Module):  # class 1 where the mean pixel exceeds 0.5
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            m = x.flatten(1).mean(1, keepdim=True) - 0.5
+            return torch.cat([-m, m], dim=1) * 10
+
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 4, 4)
+    y = torch.randint(0, 2, (32,))
+    system = ImageClassifier(MeanSign(), num_classes=2,
+                             test_attacks=[{"name": "fgsm", "eps": 0.1, "label": "oracle"}])
+    system.test_attacks = [Oracle()]  # the system's own metric for "oracle" stays
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    out = trainer.test(system, DataLoader(TensorDataset(x, y), batch_size=8))[0]
+    clean = float((MeanSign()(x).argmax(1) == y).float().mean())
+    assert out["test/clean_acc"] == pytest.approx(clean) and clean < 1.0
+    assert out["test/oracle_acc"] == pytest.approx(clean)  # not 1.0
+

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from bnnrobust.attacks.base import check_logits
@@ -81,9 +82,10 @@ class ImageClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        # robust accuracy: the mean over samples of "correct clean and after the attack" (the
+        # definition of bnnrobust.evaluation.accounting), reduced over processes by torchmetrics
         self.test_attack_acc = nn.ModuleDict(
-            {self._metric_key(a.name): MulticlassAccuracy(num_classes=n, average="micro")
-             for a in self.test_attacks}
+            {self._metric_key(a.name): MeanMetric() for a in self.test_attacks}
         )
 
     # -- construction helpers ---------------------------------------------------------------
@@ -120,7 +122,7 @@ class ImageClassifier(L.LightningModule):
             check_logits(logits, y, where=f"a {stage} batch")
         d = logits.shape[-1]
         if self.train_acc.num_classes != d:
-            for metric in (self.train_acc, self.val_acc, self.test_acc, *self.test_attack_acc.values()):
+            for metric in (self.train_acc, self.val_acc, self.test_acc):
                 cast(MulticlassAccuracy, metric).num_classes = d
         if self.num_classes is not None and self.num_classes != d:
             raise ValueError(f"The model outputs {d} logits but num_classes={self.num_classes}.")
@@ -161,8 +163,9 @@ class ImageClassifier(L.LightningModule):
             with torch.no_grad():
                 adv_logits = self.model(x_adv)
             check_logits(adv_logits, where=f"the {attack.name} examples of a test batch")
-            metric = cast(MulticlassAccuracy, self.test_attack_acc[key])
-            metric(adv_logits, y)
+            metric = cast(MeanMetric, self.test_attack_acc[key])
+            robust = (logits.argmax(dim=-1) == y) & (adv_logits.argmax(dim=-1) == y)
+            metric.update(robust.float())
             self.log(f"test/{attack.name}_acc", metric)
             self.log(f"test/{attack.name}_seconds", time.perf_counter() - start,
                      reduce_fx="sum", sync_dist=True)
