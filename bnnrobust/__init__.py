@@ -1,7 +1,8 @@
 """bnnrobust: train binary neural networks and measure how robust they really are.
 
 Public API (imported lazily so that ``import bnnrobust`` stays cheap):
-``create_model``, ``list_models``, ``binarize`` and the ``attacks`` package.
+``create_model``, ``list_models``, ``binarize``, ``evaluate_robustness`` (one-call
+clean + robust accuracy with an AutoAttack-style log) and the ``attacks`` package.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ _LAZY = {
     "create_model": ("bnnrobust.models", "create_model"),
     "list_models": ("bnnrobust.models", "list_models"),
     "binarize": ("bnnrobust.binarize", "binarize"),
+    "evaluate_robustness": ("bnnrobust.evaluation.api", "evaluate_robustness"),
 }
 
-__all__ = ["create_model", "list_models", "binarize", "attacks", "__version__"]
+__all__ = ["create_model", "list_models", "binarize", "evaluate_robustness", "attacks",
+           "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import sys
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,11 +46,13 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from bnnrobust.attacks.base import Attack, check_logits, eval_mode
 from bnnrobust.evaluation.accounting import BetaStats, SampleTally, worst_case
 from bnnrobust.evaluation.partial import PartialResults, model_digest
+from bnnrobust.metrics.intervals import wilson_interval_percent
 
 __all__ = [
     "AttackResult",
     "BetaStats",
     "EvalResult",
+    "describe_budget",
     "evaluate",
     "reevaluate",
     "resolve_device",
@@ -111,13 +115,31 @@ class EvalResult:
         return worst_case(self.clean_mask, list(self.masks.values()))
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON body; ``clean_ci95``, each attack's ``ci95`` and ``worst_case_ci95`` are
+        Wilson 95 % intervals ``[low %, high %]`` of the counts (None without samples)."""
         out = {k: getattr(self, k) for k in ("n", "seed", "batch_size", "device", "world_size",
                                              "clean_acc", "clean_correct")}
-        out["attacks"] = {name: asdict(res) for name, res in self.attacks.items()}
+        out["clean_ci95"] = _ci95(self.clean_correct, self.n)
+        out["attacks"] = {name: {**asdict(res), "ci95": _ci95(res.correct, res.n)}
+                          for name, res in self.attacks.items()}
         out["worst_case_acc"] = self.worst_case_acc
+        out["worst_case_ci95"] = None
+        if self.worst_case_acc is not None:
+            robust = self.robust_mask
+            # worst_case_acc = 100 * count / n exactly, so the count is recovered by rounding
+            count = int(robust.sum()) if robust is not None and self.masks \
+                else round(self.worst_case_acc * self.n / 100.0)
+            out["worst_case_ci95"] = _ci95(count, self.n)
         out["seconds"] = self.seconds
         out.update(self.extra)
         return _jsonable(out)
+
+
+def _ci95(correct: int, n: int) -> list[float] | None:
+    """Wilson 95 % interval of ``correct / n`` in percent, ``[low, high]``; None if ``n < 1``."""
+    if n < 1 or not 0 <= correct <= n:
+        return None
+    return list(wilson_interval_percent(int(correct), int(n)))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -285,6 +307,8 @@ def evaluate(
     n_calib: int = 100,
     num_classes: int | None = None,
     partial_results: str | Path | None = None,
+    pilot: bool = True,
+    on_attack: Callable[[str, AttackResult, Tensor], None] | None = None,
 ) -> EvalResult:
     """Clean accuracy and, per attack, adversarial accuracy, seconds and β statistics.
 
@@ -298,7 +322,9 @@ def evaluate(
         n: evaluate the first ``n`` samples (``None`` = all).
         seed: seed of every random start (see module docstring).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``None``/``"auto"``.
-        progress: show a tqdm bar with an ETA (rank 0 only).
+        progress: show feedback on stderr (rank 0 only): a tqdm bar per pass (clean, then
+            each attack; total = the ``n`` samples, so each bar has its own ETA) and, with
+            ``pilot``, before each attack a line with its budget and an estimate of its time.
         batch_size: samples per attack batch; default the loader's batch size or 256.
         save_adv: folder; if given, each attack's adversarial images are written to
             ``<folder>/<attack>.pt`` (``x_adv``, ``y``, ``indices``, ``attack``, ``adv_acc``,
@@ -309,6 +335,14 @@ def evaluate(
         partial_results: a JSON file where every finished attack is written as it completes
             (:mod:`bnnrobust.evaluation.partial`); an existing file of the same run (same
             weights, images, settings) is resumed: its finished attacks are not run again.
+        pilot: with ``progress``, time each attack (not the resumed ones) on a pilot of the
+            first ``min(8, batch)`` clean-correct samples of the first batch before it runs and
+            print ``<name>: <budget> — estimated <t> for <k> samples (pilot ...)``
+            (:func:`describe_budget`). The pilot runs inside a forked RNG and its output is
+            discarded: results are identical with or without it.
+        on_attack: called on rank 0 after each attack finishes (also for attacks resumed
+            from ``partial_results``) with the attack's name, its :class:`AttackResult` and
+            its (n,) bool robust mask (correct clean and after that attack).
 
     Raises:
         ValueError: non-finite logits on any evaluated sample (clean or adversarial), a logit
@@ -358,12 +392,8 @@ def evaluate(
             for name in names:
                 for temp, target in _njs_targets(attacks[name], model):
                     njs_beta1.setdefault(name, []).append(float(temp.calibrate(target, x_cal)))
-        bar = None
-        if progress and rank == 0:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total * (1 + len(names)), desc="clean", unit="img",
-                       dynamic_ncols=True)
+        show = progress and rank == 0
+        bar = _progress_bar(total, "clean") if show else None
         # the clean pass: which samples are attacked, and the data's digest for resuming
         clean_tally = SampleTally(total).to(dev)
         digest = hashlib.sha256()
@@ -381,6 +411,8 @@ def evaluate(
             clean_tally.update(torch.arange(start, stop), logits.argmax(dim=-1) == y)
             if bar is not None:
                 bar.update((stop - start) * world)
+        if bar is not None:
+            bar.close()
         clean = clean_tally.compute()
         store = PartialResults(partial_results, {
             "model": model_digest(model), "data": _all_ranks(digest.hexdigest()), "n": total,
@@ -399,17 +431,24 @@ def evaluate(
                 results[name] = AttackResult(**{**fields, "beta": BetaStats(**beta) if beta
                                                 else None, "config": config})
                 resumed.append(name)
-                if bar is not None:
-                    bar.update(total)
-                continue
-            if bar is not None:
-                bar.set_description(name)
-            results[name], masks[name] = _run_attack(
-                model, src, attacks[name], name, mine, clean.mask, seed, total, world, dev,
-                config, save_adv, bar)
-            store.record(name, config, _result_fields(results[name]), masks[name])
-        if bar is not None:
-            bar.close()
+                if show:
+                    _note(f"{name}: finished in an earlier run ({partial_results}); not run "
+                          "again")
+            else:
+                if show and pilot:
+                    _note(_pilot_line(model, src, attacks[name], name, config, mine[0],
+                                      clean.mask, clean.correct, seed, world, dev, fork_devices))
+                bar = _progress_bar(total, name) if show else None
+                try:
+                    results[name], masks[name] = _run_attack(
+                        model, src, attacks[name], name, mine, clean.mask, seed, total, world,
+                        dev, config, save_adv, bar)
+                finally:
+                    if bar is not None:
+                        bar.close()
+                store.record(name, config, _result_fields(results[name]), masks[name])
+            if on_attack is not None and rank == 0:
+                on_attack(name, results[name], masks[name])
     worst = worst_case(clean.mask, [masks[nm] for nm in names])
     return EvalResult(
         n=total, seed=int(seed), batch_size=int(batch_size), device=str(dev), world_size=world,
@@ -418,6 +457,108 @@ def evaluate(
         seconds=time.perf_counter() - t_start, clean_mask=clean.mask, masks=masks,
         extra={"resumed": resumed} if resumed else {},
     )
+
+
+def _progress_bar(total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+#: samples of the pilot run that estimates an attack's time (see ``evaluate(pilot=...)``)
+PILOT_SAMPLES = 8
+_NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1"}
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _plural(k: int, word: str, words: str | None = None) -> str:
+    return f"{k} {word if k == 1 else (words or word + 's')}"
+
+
+def describe_budget(config: Mapping[str, Any]) -> str:
+    """An attack's budget in words from its ``describe()``: ``"20 steps x 1 restart, eps 0.1
+    (L∞)"``, ``"5000 queries, eps 0.03137 = 8/255 (L∞)"``, a cascade's stages; keys that
+    are missing (or not numbers) are left out, so any ``describe()`` gives a line (maybe "")."""
+    parts: list[str] = []
+    steps, restarts = _count(config.get("steps")), _count(config.get("restarts"))
+    queries = _count(config.get("n_queries"))
+    inner = config.get("attack")
+    if isinstance(inner, Mapping) and steps is None and queries is None \
+            and not config.get("attacks"):  # a wrapper (transfer, sign-activations-only)
+        return describe_budget({**inner, **{k: config[k] for k in ("eps", "norm") if k in config}})
+    if steps is not None or queries is not None:
+        work = ", ".join(p for p in (None if steps is None else _plural(steps, "step"),
+                                     None if queries is None else _plural(queries, "query",
+                                                                           "queries")) if p)
+        if restarts is not None:
+            work += f" x {_plural(restarts, 'restart')}"
+        parts.append(work)
+    stages = config.get("attacks")
+    if isinstance(stages, list | tuple) and stages:
+        names = [str(st.get("name", "?")) if isinstance(st, Mapping) else "?" for st in stages]
+        parts.append(f"cascade of {_plural(len(names), 'attack')} ({', '.join(names)})")
+    eps = config.get("eps")
+    if isinstance(eps, int | float) and not isinstance(eps, bool) and math.isfinite(eps):
+        text = f"eps {eps:.4g}"
+        k = eps * 255
+        if eps > 0 and abs(k - round(k)) < 1e-6 * max(1.0, k) and abs(eps - round(eps)) > 1e-9:
+            text += f" = {round(k)}/255"
+        norm = config.get("norm")
+        if isinstance(norm, str) and norm:
+            text += f" ({_NORM_NAMES.get(norm.lower(), norm)})"
+        parts.append(text)
+    return ", ".join(p for p in parts if p)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _pilot_line(model: nn.Module, src: _Samples, attack: Attack, name: str,
+                config: Mapping[str, Any], first: tuple[int, int, int], clean_mask: Tensor,
+                attacked: int, seed: int, world: int, dev: torch.device,
+                fork_devices: list[torch.device]) -> str:
+    """``<name>: <budget> — estimated <t> for <k> samples (pilot ...)``: ``attack`` timed on
+    the first clean-correct samples of this process's first batch, inside a forked RNG, its
+    output discarded (so no result depends on it)."""
+    budget = describe_budget(config)
+    head = f"{name}: {budget}" if budget else name
+    if attacked == 0:
+        return f"{head} — nothing to attack (no sample is classified correctly)"
+    b, start, stop = first
+    idx = clean_mask[start:stop].nonzero().flatten()[:PILOT_SAMPLES]
+    if idx.numel() == 0:
+        return (f"{head} — {attacked} samples to attack; no estimate (no sample of the first "
+                "batch is classified correctly)")
+    x, y = src.get(start, stop)
+    x, y = x.to(dev, _float_dtype(model))[idx.to(dev)], y.to(dev).long()[idx.to(dev)]
+    try:
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(_batch_seed(seed, name, b))
+            _sync(dev)
+            t0 = time.perf_counter()
+            attack.perturb(model, x, y)
+            _sync(dev)
+            spent = time.perf_counter() - t0
+    except Exception as err:  # the run itself reports the attack's errors
+        return f"{head} — no estimate (the pilot failed: {type(err).__name__}: {err})"
+    k = int(idx.numel())
+    procs = f" on {world} processes" if world > 1 else ""
+    return (f"{head} — estimated {_duration(spent / k * attacked / world)} for {attacked} "
+            f"samples{procs} (pilot {_plural(k, 'sample')} in {spent:.2f} s)")
 
 
 def _run_attack(model: nn.Module, src: _Samples, attack: Attack, name: str,
