@@ -103,6 +103,11 @@ class RobustnessMonitor(Callback):
         jacobian_space: NJS's β1 and the JSV statistics use J with respect to the tensor after
             the model's ``Normalize`` (``"normalized"``, the authors' convention) or the
             [0, 1] image (``"pixel"``).
+        max_fraction: keep each run within this fraction of a training epoch (training and
+            validation, measured): when a run takes longer, the monitor runs every ``k``
+            epochs instead (``k`` the smallest that fits; the fixed subset and its size stay,
+            so the numbers remain comparable), says so once, and still runs at the last
+            epoch. ``None``: always every ``every_n_epochs``.
     """
 
     def __init__(
@@ -118,9 +123,16 @@ class RobustnessMonitor(Callback):
         hns_grid: int = 100,
         hessian_samples: int = 4,
         jacobian_space: str = "normalized",
+        max_fraction: float | None = 0.1,
     ) -> None:
         super().__init__()
         self.jacobian_space = check_jacobian_space(jacobian_space)
+        if max_fraction is not None and (isinstance(max_fraction, bool)
+                                         or not isinstance(max_fraction, int | float)
+                                         or not 0 < max_fraction <= 1):
+            raise ValueError(f"RobustnessMonitor: max_fraction must be a number in (0, 1] or "
+                             f"null, got {max_fraction!r}.")
+        self.max_fraction = None if max_fraction is None else float(max_fraction)
         for name, value in (("every_n_epochs", every_n_epochs), ("num_samples", num_samples),
                             ("batch_size", batch_size), ("signal_samples", signal_samples),
                             ("hessian_samples", hessian_samples)):
@@ -151,6 +163,11 @@ class RobustnessMonitor(Callback):
         self.last_notes: list[str] = []
         #: seconds per phase of the last run on this rank ("signal", "attack/<tag>", ...)
         self.last_timings: dict[str, float] = {}
+        #: epochs (0-based) at which the monitor ran during fit; the interval it uses now
+        self.run_epochs: list[int] = []
+        self.interval = every_n_epochs
+        self._epoch_start: float | None = None
+        self._adapted_said = False
 
     # -- setup: attacks are built (and validated) before any training -----------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -246,12 +263,26 @@ class RobustnessMonitor(Callback):
         return self._cache
 
     # -- the hook ---------------------------------------------------------------------------
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        epoch = trainer.current_epoch
+        max_epochs = trainer.max_epochs
+        if self.interval == self.every_n_epochs:
+            return (epoch + 1) % self.every_n_epochs == 0
+        if max_epochs is not None and max_epochs > 0 and epoch == max_epochs - 1:
+            return True  # adapted: the final numbers are still measured
+        return not self.run_epochs or epoch - self.run_epochs[-1] >= self.interval
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         fitting = trainer.state.fn == TrainerFn.FITTING
-        if fitting and (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+        if fitting and not self._due(trainer):
             return
+        epoch_seconds = (time.perf_counter() - self._epoch_start
+                         if fitting and self._epoch_start is not None else 0.0)
         if self.dataset_name is None:  # setup() was not called
             self.setup(trainer, pl_module, "validate")
         model: nn.Module = getattr(pl_module, "model", pl_module)
@@ -259,8 +290,12 @@ class RobustnessMonitor(Callback):
         start = time.perf_counter()
         with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
             stats, accs, beta1, first = self._evaluate(trainer, model, device)
-        seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=device)
-        seconds = _reduce_fn(device)(seconds, "max")
+        seconds = torch.tensor([time.perf_counter() - start, epoch_seconds], dtype=torch.float64,
+                               device=device)
+        seconds = _reduce_fn(device)(seconds, "max")  # identical on every rank
+        if fitting:
+            self.run_epochs.append(trainer.current_epoch)
+            self._adapt(trainer, float(seconds[0]), float(seconds[1]))
 
         metrics: dict[str, float] = {"robust/clean_acc": accs[-1]}
         metrics.update({f"robust/{tag}_acc": acc
@@ -288,6 +323,23 @@ class RobustnessMonitor(Callback):
             t = time.perf_counter()
             self._write_images(trainer, model, stats, beta1, first)
             self.last_timings["images"] = time.perf_counter() - t
+
+    def _adapt(self, trainer: L.Trainer, cost: float, epoch_seconds: float) -> None:
+        """Run less often when one run costs more than ``max_fraction`` of an epoch."""
+        if self.max_fraction is None or epoch_seconds <= 0:
+            return
+        budget = self.max_fraction * epoch_seconds * self.interval
+        if cost <= budget:
+            return
+        self.interval = max(self.interval,
+                            math.ceil(cost / (self.max_fraction * epoch_seconds)))
+        if not self._adapted_said and trainer.is_global_zero:
+            rank_zero_warn(
+                f"RobustnessMonitor: one run takes {cost:.1f} s, "
+                f"{100 * cost / epoch_seconds:.0f} % of a {epoch_seconds:.1f} s epoch; it now "
+                f"runs every {self.interval} epochs (and at the last) to stay within "
+                f"{100 * self.max_fraction:.0f} % (max_fraction; null keeps every_n_epochs).")
+        self._adapted_said = True
 
     @staticmethod
     def _njs_beta1(trainer: L.Trainer, model: nn.Module, jac_logits: Any, space: str,

@@ -155,7 +155,8 @@ def test_tensorboard_holds_every_robust_tag_once_per_epoch(tmp_path: Path) -> No
 def test_every_n_epochs_and_validate(tmp_path: Path) -> None:
     L.seed_everything(0)
     monitor = RobustnessMonitor(every_n_epochs=2, num_samples=8, batch_size=8, signal_samples=8,
-                                attacks=ATTACKS[:1], histogram=False, hessian_figure=False)
+                                attacks=ATTACKS[:1], histogram=False, hessian_figure=False,
+                                max_fraction=None)  # tiny epochs: no adaptation here
     trainer = make_trainer(tmp_path, [monitor], max_epochs=3, num_sanity_val_steps=1)
     system = make_system(lr=0.05)
     data = make_data()
@@ -262,3 +263,26 @@ def test_each_njs_attack_gets_beta1_in_its_own_jacobian_space(tmp_path: Path) ->
     assert rules["pgd++njs_pixel"].beta1 == pytest.approx(
         njs_temperature(model, x, jacobian_space="pixel"), rel=1e-5)
     assert rules["pgd++njs_pixel"].beta1 == pytest.approx(rules["pgd++njs"].beta1 * 0.25, rel=1e-4)
+
+
+def test_an_expensive_monitor_runs_less_often_says_so_once_and_runs_at_the_end(
+        tmp_path: Path) -> None:
+    L.seed_everything(0)
+    heavy = [{"name": "pgd", "steps": 30, "eps": 0.2, "step_size": 0.02, "restarts": 2}]
+    monitor = RobustnessMonitor(num_samples=16, batch_size=16, signal_samples=16,
+                                attacks=heavy, histogram=False, hessian_figure=False)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=5, num_sanity_val_steps=0)
+    with pytest.warns(UserWarning, match=r"now runs every \d+ epochs") as caught:
+        trainer.fit(make_system(lr=0.05), make_data())
+    said = [w for w in caught if "now runs every" in str(w.message)]
+    assert len(said) == 1
+    assert monitor.interval > 1 and monitor.run_epochs[0] == 0 and monitor.run_epochs[-1] == 4
+    assert len(monitor.run_epochs) < 5
+    # max_fraction=None keeps every epoch
+    keep = RobustnessMonitor(num_samples=16, batch_size=16, signal_samples=16, attacks=heavy,
+                             histogram=False, hessian_figure=False, max_fraction=None)
+    trainer = make_trainer(tmp_path / "keep", [keep], max_epochs=3, num_sanity_val_steps=0)
+    trainer.fit(make_system(lr=0.05), make_data())
+    assert keep.run_epochs == [0, 1, 2] and keep.interval == 1
+    with pytest.raises(ValueError, match="max_fraction"):
+        RobustnessMonitor(max_fraction=0.0)
