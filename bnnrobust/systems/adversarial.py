@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from bnnrobust.attacks.base import Attack
-from bnnrobust.systems.classifier import ImageClassifier, _default_optimizer
+from bnnrobust.systems.classifier import ImageClassifier, default_optimizer
 
 __all__ = [
     "PAPER_TRAIN_ATTACK",
@@ -168,7 +168,7 @@ class AdversarialClassifier(ImageClassifier):
     def __init__(
         self,
         model: nn.Module,
-        optimizer: OptimizerCallable = _default_optimizer,
+        optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         mean: Sequence[float] | None = None,

@@ -24,7 +24,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from bnnrobust.attacks.base import check_logits
 
 
-def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """Adam with lr 1e-3: the optimizer of a system built without one."""
     return torch.optim.Adam(params, lr=1e-3)
 
 
@@ -51,7 +52,7 @@ class ImageClassifier(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        optimizer: OptimizerCallable = _default_optimizer,
+        optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         mean: Sequence[float] | None = None,
