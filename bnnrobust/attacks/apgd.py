@@ -50,6 +50,7 @@ from bnnrobust.attacks.base import (
     check_eps,
     check_labels,
     check_positive,
+    flat_norm,
 )
 from bnnrobust.attacks.losses import check_loss_name, per_sample_loss
 from bnnrobust.attacks.registry import register_attack
@@ -96,12 +97,6 @@ def _take(obj: Any, keep: Tensor, n: int) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_take(v, keep, n) for v in obj)
     raise TypeError(f"cannot index temperature state of type {type(obj).__name__}")
-
-
-def _flat_norm(t: Tensor) -> Tensor:
-    """L2 norm of each sample, shaped (B, 1, ..., 1) for broadcasting."""
-    n = t.flatten(1).norm(p=2, dim=1)
-    return n.view(-1, *([1] * (t.dim() - 1)))
 
 
 class APGD(Attack):
@@ -196,7 +191,7 @@ class APGD(Attack):
         if self.norm is Norm.LINF:
             return torch.minimum(torch.maximum(x_new, x - self.eps), x + self.eps).clamp(0.0, 1.0)
         delta = x_new - x
-        norm = _flat_norm(delta)
+        norm = flat_norm(delta)
         factor = torch.clamp(self.eps / (norm + 1e-12), max=1.0)
         return (x + delta * factor).clamp(0.0, 1.0)
 
@@ -206,13 +201,13 @@ class APGD(Attack):
             t = t / t.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
         else:
             t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            t = t / (_flat_norm(t) + 1e-12)
+            t = t / (flat_norm(t) + 1e-12)
         return (x + self.eps * t).clamp(0.0, 1.0)
 
     def _direction(self, grad: Tensor) -> Tensor:
         if self.norm is Norm.LINF:
             return grad.sign()
-        return grad / (_flat_norm(grad) + 1e-12)
+        return grad / (flat_norm(grad) + 1e-12)
 
     # ------------------------------------------------------------------ one run
     def _loss_grad(

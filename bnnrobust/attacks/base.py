@@ -47,6 +47,11 @@ class Norm(StrEnum):
             raise ValueError(f"Unknown norm {value!r}; accepted: {accepted}.") from None
 
 
+def flat_norm(t: Tensor) -> Tensor:
+    """Per-sample L2 norm over all non-batch dims, shaped (B, 1, ..., 1) for broadcasting."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
 @dataclass
 class AttackOutput:
     """What an attack run returns.

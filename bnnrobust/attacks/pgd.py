@@ -34,6 +34,7 @@ from bnnrobust.attacks.base import (
     check_eps,
     check_labels,
     check_positive,
+    flat_norm,
 )
 from bnnrobust.attacks.losses import per_sample_loss
 from bnnrobust.attacks.registry import register_attack
@@ -58,11 +59,6 @@ def _check_number(name: str, value: float, *, allow_zero: bool) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}.")
     return float(value)
-
-
-def _flat_norm(t: Tensor) -> Tensor:
-    """Per-sample L2 norm over all non-batch dims, shaped (B, 1, ..., 1) for broadcasting."""
-    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
 def attack_name(base: str, norm: Norm, loss: str, temperature: Temperature | None) -> str:
@@ -156,7 +152,7 @@ class PGD(Attack):
             u = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             r = torch.rand(x.shape[:1], generator=generator, device=x.device, dtype=x.dtype)
             r = r.view(-1, *([1] * (x.dim() - 1)))
-            delta = u / _flat_norm(u).clamp_min(1e-12) * r * self.eps
+            delta = u / flat_norm(u).clamp_min(1e-12) * r * self.eps
         return (x + delta).clamp_(0, 1)
 
     def _project(self, x_new: Tensor, x: Tensor) -> Tensor:
@@ -164,7 +160,7 @@ class PGD(Attack):
         if self.norm is Norm.LINF:
             delta = delta.clamp_(-self.eps, self.eps)
         else:
-            n = _flat_norm(delta)
+            n = flat_norm(delta)
             delta = delta * torch.where(n > self.eps, self.eps / n.clamp_min(1e-30), 1.0)
         return (x + delta).clamp_(0, 1)
 
@@ -173,7 +169,7 @@ class PGD(Attack):
         if self.norm is Norm.LINF:
             delta = x_adv.add_(grad.sign_(), alpha=self.step_size).sub_(x)
             return delta.clamp_(-self.eps, self.eps).add_(x).clamp_(0, 1)
-        x_new = x_adv.add_(grad / _flat_norm(grad).clamp_min(1e-30), alpha=self.step_size)
+        x_new = x_adv.add_(grad / flat_norm(grad).clamp_min(1e-30), alpha=self.step_size)
         return self._project(x_new, x)
 
     # ------------------------------------------------------------------ attack
