@@ -1,4 +1,5 @@
-"""``python -m bnnrobust fit|validate|test --config X.yaml`` (LightningCLI)."""
+"""``python -m bnnrobust fit|validate|test|predict --config X.yaml`` (LightningCLI) and
+``python -m bnnrobust evaluate|reproduce|diagnose ...`` (see :func:`bnnrobust.cli.main`)."""
 
 from bnnrobust.cli import main
 from bnnrobust.errors import run_entry_point

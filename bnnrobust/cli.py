@@ -344,10 +344,50 @@ def _check_writable(path: Path) -> None:
         ) from None
 
 
+#: ``bnnrobust <command>`` besides LightningCLI's: parsed by their own parsers, not LightningCLI
+COMMANDS: dict[str, str] = {
+    "evaluate": "attacks against a checkpoint or any model (evaluate.py, docs/evaluation.md)",
+    "reproduce": "the paper's findings on Fashion-MNIST (reproduce.py, docs/results.md)",
+    "diagnose": "the gradient-masking checklist of a network (docs/diagnosis.md)",
+}
+_LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def run_command(command: str, args: list[str]) -> None:
+    """Run ``bnnrobust <command> ARGS`` for a command of :data:`COMMANDS`."""
+    prog = f"bnnrobust {command}"
+    if command == "evaluate":
+        from bnnrobust.evaluation.cli import main as evaluate_main
+
+        evaluate_main(args, prog=prog)
+    elif command == "diagnose":
+        from bnnrobust.evaluation.cli import diagnose_main
+
+        diagnose_main(args, prog=prog)
+    elif command == "reproduce":
+        from bnnrobust.reproduce.cli import main as reproduce_main
+
+        code = reproduce_main(args, prog=prog)
+        if code:
+            raise SystemExit(code)
+    else:
+        raise ValueError(f"Unknown command {command!r}; accepted: {', '.join(COMMANDS)}.")
+
+
 def main(args: list[str] | None = None) -> None:
-    """``python -m bnnrobust {fit,validate,test,...}``."""
+    """``bnnrobust`` / ``python -m bnnrobust``: ``evaluate``, ``reproduce`` and ``diagnose``
+    (:data:`COMMANDS`) are dispatched on the first argument, before LightningCLI reads the
+    command line; everything else (``fit``, ``validate``, ``test``, ``predict``) is LightningCLI."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in COMMANDS:
+        run_command(argv[0], argv[1:])
+        return
+    if argv and not argv[0].startswith("-") and argv[0] not in _LIGHTNING_COMMANDS:
+        fail(f"error: unknown command {argv[0]!r}; accepted: "
+             f"{', '.join((*_LIGHTNING_COMMANDS, *COMMANDS))} (each takes --help).")
     torch.set_float32_matmul_precision("high")
-    BNNRobustCLI(args=args)
+    epilog = "other commands: " + "; ".join(f"bnnrobust {k}: {v}" for k, v in COMMANDS.items())
+    BNNRobustCLI(args=args, parser_kwargs={"epilog": epilog + " (each takes --help)."})
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,8 +23,8 @@ from bnnrobust.evaluation import (  # noqa: E402
     load_system,
     reevaluate,
 )
+from bnnrobust.evaluation.cli import build_parser, resolve_attacks  # noqa: E402
 from bnnrobust.evaluation.cli import main as eval_main  # noqa: E402
-from bnnrobust.evaluation.cli import normalize_argv, resolve_attacks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,12 +108,40 @@ def test_cli_config_file_sweep_save_adv_signal(run: tuple[str, str], tmp_path: P
     assert "signal_propagation" in body and "Signal propagation" in (tmp_path / "out" / "r.md").read_text()
 
 
-def test_normalize_argv() -> None:
-    assert normalize_argv(["--attacks", "pgd", "pgd++njs", "--n", "5"]) == [
-        "--attacks", "[pgd, pgd++njs]", "--n", "5"]
-    assert normalize_argv(["--preset", "quick", "--signal-propagation"]) == [
-        "--attacks", "quick", "--signal_propagation", "true"]
-    assert normalize_argv(["--sweep-eps", "0.1", "--sweep"]) == ["--sweep_eps", "[0.1]", "--sweep", "true"]
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--attacks", "pgd", "pgd++njs", "--n", "5"], {"attacks": ["pgd", "pgd++njs"], "n": 5}),
+        (["--attacks", "[pgd, pgd++njs]"], {"attacks": ["pgd", "pgd++njs"]}),
+        (["--attacks", "fgsm", "{name: pgd, steps: 5}"],
+         {"attacks": ["fgsm", {"name": "pgd", "steps": 5}]}),
+        (["--attacks", "{name: pgd, eps: 0.05}"], {"attacks": [{"name": "pgd", "eps": 0.05}]}),
+        (["--preset", "quick", "--signal-propagation"],
+         {"attacks": "quick", "signal_propagation": True}),
+        (["--sweep-eps", "0.1", "--sweep"], {"sweep_eps": [0.1], "sweep": True}),
+        (["--sweep_eps", "0", "0.05", "--no_sweep"], {"sweep_eps": [0.0, 0.05], "sweep": False}),
+        (["--sweep_eps", "[0.0, 0.1]", "--sweep", "false"], {"sweep_eps": [0.0, 0.1], "sweep": False}),
+        (["--batch-size", "16", "--save-adv", "adv", "--progress", "false"],
+         {"batch_size": 16, "save_adv": "adv", "progress": False}),
+        (["--diagnose", "--diagnose-quick", "--allow-module", "mypkg"],
+         {"diagnose": True, "diagnose_quick": True, "allow_module": ["mypkg"]}),
+    ],
+)
+def test_parser_accepts_the_users_spellings(argv: list[str], expected: dict) -> None:
+    cfg = build_parser().parse_args(argv)
+    assert {k: cfg[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--sweep_eps", "abc"], "'abc' is not a number"),
+    (["--attacks", "pgd", "[fgsm]"], "either several values or one YAML list"),
+    (["--attacks", "{name: pgd"], "is not valid YAML"),
+])
+def test_parser_refuses_bad_list_values(argv: list[str], needle: str,
+                                        capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as err:
+        build_parser().parse_args(argv)
+    assert err.value.code == 2 and needle in capsys.readouterr().err
 
 
 def test_eval_configs_match_paper_presets() -> None:

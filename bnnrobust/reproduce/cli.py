@@ -10,9 +10,10 @@ from .common import ReproError
 from .stages import run
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m bnnrobust.reproduce") -> argparse.ArgumentParser:
+    """The command line of the reproduction (``prog``: the name shown in its usage)."""
     p = argparse.ArgumentParser(
-        prog="python -m bnnrobust.reproduce",
+        prog=prog,
         description=("Reproduce the paper's findings offline on Fashion-MNIST (2 CPU cores, "
                      "about 1.5 h, or with --zoo under one): train seven networks, attack them, write JSON/PNG results "
                      "and the Markdown report (docs/results.md). See docs/results.md."))
@@ -39,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m bnnrobust.reproduce``; returns the exit code."""
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m bnnrobust.reproduce") -> int:
+    """Entry point of ``python -m bnnrobust.reproduce`` / ``bnnrobust reproduce``; returns the
+    exit code."""
+    args = build_parser(prog).parse_args(list(argv) if argv is not None else None)
     try:
         run(args.out, quick=args.quick, synthetic=args.synthetic, force=args.force,
             markdown=args.markdown, progress=not args.no_progress,
