@@ -19,7 +19,7 @@ import yaml
 from torch import nn
 
 from bnnrobust.attacks.factory import list_attacks
-from bnnrobust.evaluation.cli import build_parser, normalize_argv, resolve_attacks
+from bnnrobust.evaluation.cli import build_parser, resolve_attacks
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "paper"
@@ -59,7 +59,7 @@ def test_configs_found() -> None:
 
 @pytest.mark.parametrize("path", EVAL_CONFIGS, ids=_ids(EVAL_CONFIGS))
 def test_eval_config_parses_and_names_known_attacks(path: Path) -> None:
-    cfg = build_parser().parse_args(normalize_argv(["--config", str(path)]))
+    cfg = build_parser().parse_args(["--config", str(path)])
     assert cfg.dataset in ("cifar10", "cifar100"), "paper configs are CIFAR experiments"
     assert isinstance(cfg.attacks, list) and cfg.attacks
     known = {*list_attacks(), "transfer"}

@@ -234,14 +234,6 @@ def build_parser(prog: str = "evaluate.py", *, command: str = "evaluate") -> Any
     return p
 
 
-def normalize_argv(argv: list[str]) -> list[str]:
-    """Deprecated, no longer used: :func:`build_parser` accepts these spellings itself.
-
-    Returns ``argv`` unchanged; kept only because ``tests/test_paper_configs.py`` imports it.
-    """
-    return list(argv)
-
-
 def resolve_attacks(
     spec: Any,
     dataset: str | None,
