@@ -58,6 +58,10 @@ def run_entry_point(main: Callable[..., Any], argv: Sequence[str] | None = None)
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
+    if not debug:
+        from bnnrobust.noise import silence_library_noise
+
+        silence_library_noise()
     try:
         if argv is None:  # the parsers read sys.argv themselves (LightningCLI warns otherwise)
             sys.argv[1:] = args
