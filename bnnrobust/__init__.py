@@ -1,7 +1,7 @@
 """bnnrobust: train binary neural networks and measure how robust they really are.
 
 Public API (imported lazily so that ``import bnnrobust`` stays cheap):
-``create_model``, ``list_models``, ``binarize``, ``evaluate_robustness`` (one-call
+``create_model``, ``list_models``, ``binarize_model``, ``evaluate_robustness`` (one-call
 clean + robust accuracy with an AutoAttack-style log) and the ``attacks`` package.
 """
 
@@ -15,11 +15,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_model": ("bnnrobust.models", "create_model"),
     "list_models": ("bnnrobust.models", "list_models"),
-    "binarize": ("bnnrobust.binarize", "binarize"),
+    "binarize_model": ("bnnrobust.binarize", "binarize_model"),
     "evaluate_robustness": ("bnnrobust.evaluation.api", "evaluate_robustness"),
 }
 
-__all__ = ["create_model", "list_models", "binarize", "evaluate_robustness", "attacks",
+__all__ = ["create_model", "list_models", "binarize_model", "evaluate_robustness", "attacks",
            "__version__"]
 
 

@@ -1,4 +1,4 @@
-"""Binarizers, sign surrogates, binary layers, binarize() and the summary, against the table."""
+"""Binarizers, sign surrogates, binary layers, binarize_model() and the summary, against the table."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from bnnrobust.binarize import (
     MDTanhS,
     NoBinarizer,
     SignActivation,
-    binarize,
+    binarize_model,
     binary_modules,
     binary_stats,
     binary_summary,
@@ -219,7 +219,7 @@ def test_binarize_torchvision_resnet18() -> None:
     tv = pytest.importorskip("torchvision")
     model = tv.models.resnet18(weights=None, num_classes=10)
     n_layers = _count(model, (nn.Conv2d, nn.Linear))
-    bnn = binarize(model, "md_tanh_s", growth=1.05)
+    bnn = binarize_model(model, "md_tanh_s", growth=1.05)
     assert len(binary_modules(bnn)) == n_layers == 21
     assert len(binary_modules(model)) == 0  # input model untouched
     assert {m.binarizer.growth for m in binary_modules(bnn)} == {1.05}
@@ -227,10 +227,10 @@ def test_binarize_torchvision_resnet18() -> None:
     x = torch.rand(2, 3, 32, 32)
     bnn(x).sum().backward()
     assert bnn.conv1.weight.grad is not None and bnn.fc.bias.grad is not None
-    kept = binarize(model, "bc", keep_first_last=True)
+    kept = binarize_model(model, "bc", keep_first_last=True)
     assert type(kept.conv1) is nn.Conv2d and type(kept.fc) is nn.Linear
     assert len(binary_modules(kept)) == n_layers - 2
-    hub = binarize(model, "hubara")
+    hub = binarize_model(model, "hubara")
     assert len(sign_activations(hub)) == _count(model, (nn.ReLU,)) and _count(hub, (nn.ReLU,)) == 0
     assert torch.isfinite(hub.eval()(x)).all()
 
@@ -238,12 +238,12 @@ def test_binarize_torchvision_resnet18() -> None:
 def test_binarize_timm_models() -> None:
     timm = pytest.importorskip("timm")
     model = timm.create_model("test_resnet", pretrained=False, num_classes=5)
-    bnn = binarize(model, "gd_tanh")
+    bnn = binarize_model(model, "gd_tanh")
     assert len(binary_modules(bnn)) == _count(model, (nn.Conv2d, nn.Linear)) > 0
     out = bnn(torch.rand(2, 3, 32, 32))
     assert out.shape == (2, 5) and torch.isfinite(out).all()
     vit = timm.create_model("test_vit", pretrained=False, num_classes=5)
-    hub = binarize(vit, "hubara")
+    hub = binarize_model(vit, "hubara")
     assert len(sign_activations(hub)) > 0 and len(binary_modules(hub)) > 0
     size = vit.default_cfg["input_size"][-1]
     assert hub(torch.rand(2, 3, size, size)).shape == (2, 5)
@@ -252,28 +252,29 @@ def test_binarize_timm_models() -> None:
 def test_binarize_rejects_bad_inputs() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
     with pytest.raises(TypeError, match="nn.Module"):
-        binarize("resnet18")  # type: ignore[arg-type]
+        binarize_model("resnet18")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="already binarized"):
-        binarize(binarize(model, "bc"), "bc")
+        binarize_model(binarize_model(model, "bc"), "bc")
     with pytest.raises(ValueError, match=r"Unknown binarizer 'xnor'"):
-        binarize(model, "xnor")
+        binarize_model(model, "xnor")
 
 
 def test_binary_summary_counts_params_and_memory() -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
-    bnn = binarize(model, "bc", keep_first_last=True)  # both kept: nothing binary
+    bnn = binarize_model(model, "bc", keep_first_last=True)  # both kept: nothing binary
     assert binary_stats(bnn).binary_params == 0
-    bnn = binarize(model, "bc")
+    bnn = binarize_model(model, "bc")
     s = binary_stats(bnn)
     assert (s.binary_layers, s.binary_params, s.float_params) == (2, 40 + 10, 0)
     assert s.memory_bits == 50
-    text = binary_summary(binarize(model, "hubara"))
+    text = binary_summary(binarize_model(model, "hubara"))
     assert "binary params:     50" in text and "sign activations:  1" in text and "32.0x" in text
 
 
-def test_top_level_binarize_is_callable_after_package_import() -> None:
+def test_the_function_and_the_package_have_different_names() -> None:
     import bnnrobust
     import bnnrobust.binarize as package
 
-    model = bnnrobust.binarize(nn.Sequential(nn.Linear(2, 2)), "bc")
+    model = bnnrobust.binarize_model(nn.Sequential(nn.Linear(2, 2)), "bc")
     assert len(binary_modules(model)) == 1 and package.BC is BC
+    assert bnnrobust.binarize is package and not callable(package)

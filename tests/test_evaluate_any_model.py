@@ -205,13 +205,13 @@ def test_zoo_weights_with_their_normalize(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("binarizer", ["bc", "md_tanh_s"])
 def test_binarizer_on_float_weights(trained: tuple[Net, Path], binarizer: str) -> None:
-    from bnnrobust.binarize import binarize, binary_modules
+    from bnnrobust.binarize import binarize_model, binary_modules
 
     net, sd = trained
     model = build_model(SPEC, weights=sd, binarizer=binarizer)
     assert len(binary_modules(model)) == 2
     x, _ = _test_images(8)
-    assert torch.equal(model(x), binarize(net, binarizer).eval()(x))
+    assert torch.equal(model(x), binarize_model(net, binarizer).eval()(x))
 
 
 def test_load_weights_refuses_non_finite_tensors(trained: tuple[Net, Path], tmp_path: Path) -> None:

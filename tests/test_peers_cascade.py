@@ -58,11 +58,11 @@ def train(model: nn.Module, steps: int = 200) -> nn.Module:
 def models() -> dict[str, nn.Module]:
     """A float MLP, its BinaryConnect version (BNN-WQ) and a sign-activation one (BNN-WAQ)."""
     torch.set_num_threads(1)
-    from bnnrobust.binarize import binarize
+    from bnnrobust.binarize import binarize_model
 
     out = {"float": train(mlp(0))}
-    out["bc"] = train(binarize(mlp(1), "bc"), 300)
-    out["hubara"] = train(binarize(mlp(2), "hubara"), 300)
+    out["bc"] = train(binarize_model(mlp(1), "bc"), 300)
+    out["hubara"] = train(binarize_model(mlp(2), "hubara"), 300)
     return out
 
 

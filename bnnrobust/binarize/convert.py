@@ -1,6 +1,6 @@
 """Convert any PyTorch model (torchvision, timm, your own) into a BNN.
 
-``binarize(model, "bc")`` returns a deep copy whose ``nn.Conv2d``/``nn.Linear`` layers are
+``binarize_model(model, "bc")`` returns a deep copy whose ``nn.Conv2d``/``nn.Linear`` layers are
 :class:`BinaryConv2d`/:class:`BinaryLinear` (weights copied as latent values). For
 ``"hubara"`` the activations (ReLU, ReLU6, Hardtanh, GELU, SiLU and their timm twins) become
 :class:`SignActivation`, so the first layer still sees the real image.
@@ -17,7 +17,7 @@ from torch import nn
 from bnnrobust.binarize.binarizers import Binarizer, make_binarizer
 from bnnrobust.binarize.layers import BinaryConv2d, BinaryLinear, SignActivation
 
-__all__ = ["binarize", "binary_modules", "sign_activations", "ACTIVATIONS"]
+__all__ = ["binarize_model", "binary_modules", "sign_activations", "ACTIVATIONS"]
 
 #: Activation classes swapped for SignActivation by the Hubara binarizer (matched by type,
 #: and by class name for library re-implementations such as timm's).
@@ -43,7 +43,7 @@ def _is_activation(module: nn.Module) -> bool:
     return isinstance(module, ACTIVATIONS) or type(module).__name__ in _ACTIVATION_NAMES
 
 
-def binarize(
+def binarize_model(
     model: nn.Module,
     binarizer: str | Binarizer = "bc",
     keep_first_last: bool = False,
@@ -67,7 +67,7 @@ def binarize(
     when binarized; converted models keep their own).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"binarize() needs an nn.Module, got {type(model).__name__}.")
+        raise TypeError(f"binarize_model() needs an nn.Module, got {type(model).__name__}.")
     bin_ = make_binarizer(binarizer, **binarizer_args)
     already = binary_modules(model)
     if already:
@@ -100,7 +100,7 @@ def binarize(
                 replacements[name] = SignActivation()
     if skipped:
         warnings.warn(
-            f"binarize(): kept {len(skipped)} layer(s) float because they subclass nn.Conv2d/"
+            f"binarize_model(): kept {len(skipped)} layer(s) float because they subclass nn.Conv2d/"
             f"nn.Linear with their own forward: {', '.join(skipped[:5])}"
             + (" ..." if len(skipped) > 5 else ""),
             stacklevel=2,

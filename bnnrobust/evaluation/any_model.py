@@ -351,10 +351,10 @@ def build_model(spec: str, *, model_args: Mapping[str, Any] | None = None,
     net = build_user_model(spec, model_args)
     norm = _normalizer(normalize) if normalize is not None else None
     if binarizer is not None:
-        from bnnrobust.binarize import binarize
+        from bnnrobust.binarize import binarize_model
 
         try:
-            binary = binarize(net, binarizer).eval()
+            binary = binarize_model(net, binarizer).eval()
         except (TypeError, ValueError) as err:
             raise AnyModelError(f"--binarizer {binarizer!r}: {err}") from None
     else:
@@ -382,9 +382,9 @@ def build_model(spec: str, *, model_args: Mapping[str, Any] | None = None,
         if fresh_norm is not None and norm is not None:
             _same_normalize(fresh_norm, norm, source)
         if float_net and binarizer is not None:  # float weights: binarize the loaded net
-            from bnnrobust.binarize import binarize
+            from bnnrobust.binarize import binarize_model
 
-            binary = binarize(net, binarizer).eval()
+            binary = binarize_model(net, binarizer).eval()
         return wrap(binary, norm)
     hint = "" if norm is not None else _normalize_hint(state)
     raise AnyModelError(_mismatch(state, wrap(binary, None), source) + hint)
