@@ -143,7 +143,7 @@ def test_readme_python_recipes_run(heading: str, monkeypatch: pytest.MonkeyPatch
 
         dm.setup("test")
 
-        xs, ys = ev.runner._Samples(dm.test_set, 4).get(0, 4)
+        xs, ys = ev.runner.SampleSource(dm.test_set, 4).get(0, 4)
         ev.evaluate(model, (xs, ys), {"pgd": build_attack("pgd", dataset="cifar10", steps=1)},
                     progress=False, save_adv=tmp_path / "adv")
         code = code.replace('"logs/paper_fig1c_adv"', repr(str(tmp_path / "adv")))

@@ -341,9 +341,9 @@ def _split_data(datamodule: Any, split: str) -> Any:
 
 
 def _first(ds: Any, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    from bnnrobust.evaluation.runner import _Samples
+    from bnnrobust.evaluation.runner import SampleSource
 
-    src = _Samples(ds, n)
+    src = SampleSource(ds, n)
     total = len(src) if n is None else min(n, len(src))
     return src.get(0, total)
 

@@ -52,6 +52,7 @@ __all__ = [
     "AttackResult",
     "BetaStats",
     "EvalResult",
+    "SampleSource",
     "describe_budget",
     "evaluate",
     "reevaluate",
@@ -188,8 +189,11 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-class _Samples:
-    """Uniform random access to ``(x, y)`` pairs from tensors, a Dataset or a DataLoader."""
+class SampleSource:
+    """Uniform random access to ``(x, y)`` pairs from tensors, a Dataset or a DataLoader.
+
+    ``SampleSource(data, n).get(start, stop)`` returns the images (B, C, H, W) and labels (B,)
+    of samples ``start .. stop-1``; an iterable loader is read once, up to ``n`` samples."""
 
     def __init__(self, data: Any, n: int | None) -> None:
         self.x: Tensor | None = None
@@ -362,7 +366,7 @@ def evaluate(
     if n is not None and n < 1:
         raise ValueError(f"evaluate: n must be a positive integer or None, got {n!r}.")
     dev = resolve_device(device)
-    src = _Samples(data, n)
+    src = SampleSource(data, n)
     total = len(src) if n is None else min(n, len(src))
     if total == 0:
         raise ValueError("evaluate: the evaluation set is empty.")
@@ -527,7 +531,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _pilot_line(model: nn.Module, src: _Samples, attack: Attack, name: str,
+def _pilot_line(model: nn.Module, src: SampleSource, attack: Attack, name: str,
                 config: Mapping[str, Any], first: tuple[int, int, int], clean_mask: Tensor,
                 attacked: int, seed: int, world: int, dev: torch.device,
                 fork_devices: list[torch.device]) -> str:
@@ -561,7 +565,7 @@ def _pilot_line(model: nn.Module, src: _Samples, attack: Attack, name: str,
             f"samples{procs} (pilot {_plural(k, 'sample')} in {spent:.2f} s)")
 
 
-def _run_attack(model: nn.Module, src: _Samples, attack: Attack, name: str,
+def _run_attack(model: nn.Module, src: SampleSource, attack: Attack, name: str,
                 mine: list[tuple[int, int, int]], clean_mask: Tensor, seed: int, total: int,
                 world: int, dev: torch.device, config: dict[str, Any],
                 save_adv: str | Path | None, bar: Any) -> tuple[AttackResult, Tensor]:

@@ -85,14 +85,14 @@ class Context:
     def test_data(self, key: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` test images/labels of the data module stored in ``key``'s checkpoint."""
         from bnnrobust.evaluation.checkpoint import load_system
-        from bnnrobust.evaluation.runner import _Samples
+        from bnnrobust.evaluation.runner import SampleSource
 
         _, dm = load_system(self.last_ckpt(key))
         if dm is None:
             raise ReproError(f"The checkpoint {self.last_ckpt(key)} stores no data module.")
         dm.prepare_data()
         dm.setup("test")
-        src = _Samples(cast("ImageDataModule", dm).test_set, n)
+        src = SampleSource(cast("ImageDataModule", dm).test_set, n)
         total = min(n, len(src))
         if total < n:
             log(f"  note: the test set has only {total} images (asked for {n}).")
