@@ -52,8 +52,7 @@ __all__ = [
 ]
 
 # --- exports of apgd.py, peers.py, transfer.py, cascade.py, presets.py, factory.py ---------
-# (maintained by the engineer who owns those files: append imports below and extend
-# __all__ with `__all__ += [...]`; the core section above stays as it is)
+# (imported after the core section above, on which they depend)
 from bnnrobust.attacks.apgd import APGD  # noqa: E402
 from bnnrobust.attacks.cascade import Cascade, CascadeResult, StageResult  # noqa: E402
 from bnnrobust.attacks.factory import build_attack, list_attacks  # noqa: E402
