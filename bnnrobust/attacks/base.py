@@ -31,6 +31,8 @@ from enum import StrEnum
 import torch
 from torch import Tensor, nn
 
+from bnnrobust.validation import check_positive as check_positive  # re-exported
+
 
 class Norm(StrEnum):
     """Threat models: the norm that bounds the perturbation."""
@@ -131,14 +133,6 @@ def check_logits(logits: Tensor, y: Tensor | None = None, *, where: str = "",
                          f"{at}; the network was built for another dataset.")
     if y is not None:
         check_labels(logits, y)
-
-
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raise a clear ValueError unless ``value`` > 0 (or >= 0 with ``allow_zero``)."""
-    bad = value < 0 if allow_zero else value <= 0
-    if bad or value != value:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}.")
 
 
 def check_eps(eps: float, norm: object) -> float:

@@ -48,6 +48,7 @@ from bnnrobust.attacks.base import (
     check_positive,
 )
 from bnnrobust.attacks.registry import register_attack
+from bnnrobust.validation import check_int
 
 __all__ = [
     "DeepFool",
@@ -59,12 +60,6 @@ __all__ = [
 ]
 
 _TA_NORM = {Norm.LINF: "Linf", Norm.L2: "L2"}
-
-
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    return int(value)
 
 
 @contextlib.contextmanager
@@ -172,8 +167,8 @@ class TorchattacksAPGD(_EpsAttack):
         super().__init__(eps, norm, seed)
         if loss not in ("ce", "dlr"):
             raise ValueError(f"TorchattacksAPGD loss must be 'ce' or 'dlr', got {loss!r}.")
-        self.steps = _positive_int("steps", steps)
-        self.restarts = _positive_int("restarts", restarts)
+        self.steps = check_int("steps", steps, integral_float=True)
+        self.restarts = check_int("restarts", restarts, integral_float=True)
         self.loss = loss
         self.rho = float(rho)
         self.name = f"ta-apgd-{loss}{self._suffix()}"
@@ -210,9 +205,9 @@ class TorchattacksAPGDT(_EpsAttack):
         seed: int | None = None,
     ) -> None:
         super().__init__(eps, norm, seed)
-        self.steps = _positive_int("steps", steps)
-        self.restarts = _positive_int("restarts", restarts)
-        self.n_target_classes = _positive_int("n_target_classes", n_target_classes)
+        self.steps = check_int("steps", steps, integral_float=True)
+        self.restarts = check_int("restarts", restarts, integral_float=True)
+        self.n_target_classes = check_int("n_target_classes", n_target_classes, integral_float=True)
         self.rho = float(rho)
         self.name = f"ta-apgd-t{self._suffix()}"
 
@@ -255,9 +250,9 @@ class TorchattacksFAB(_EpsAttack):
         seed: int | None = None,
     ) -> None:
         super().__init__(eps, norm, seed)
-        self.steps = _positive_int("steps", steps)
-        self.restarts = _positive_int("restarts", restarts)
-        self.n_target_classes = _positive_int("n_target_classes", n_target_classes)
+        self.steps = check_int("steps", steps, integral_float=True)
+        self.restarts = check_int("restarts", restarts, integral_float=True)
+        self.n_target_classes = check_int("n_target_classes", n_target_classes, integral_float=True)
         self.targeted = bool(targeted)
         self.name = ("ta-fab-t" if self.targeted else "ta-fab") + self._suffix()
 
@@ -312,8 +307,8 @@ class Square(_EpsAttack):
         seed: int | None = None,
     ) -> None:
         super().__init__(eps, norm, seed)
-        self.n_queries = _positive_int("n_queries", n_queries)
-        self.restarts = _positive_int("restarts", restarts)
+        self.n_queries = check_int("n_queries", n_queries, integral_float=True)
+        self.restarts = check_int("restarts", restarts, integral_float=True)
         if not 0.0 < float(p_init) <= 1.0:
             raise ValueError(f"Square p_init must lie in (0, 1], got {p_init!r}.")
         self.p_init = float(p_init)
@@ -349,7 +344,7 @@ class DeepFool(TorchattacksAttack):
 
     def __init__(self, steps: int = 50, overshoot: float = 0.02) -> None:
         super().__init__(seed=None)
-        self.steps = _positive_int("steps", steps)
+        self.steps = check_int("steps", steps, integral_float=True)
         check_positive("overshoot", float(overshoot), allow_zero=True)
         self.overshoot = float(overshoot)
 

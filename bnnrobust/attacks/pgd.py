@@ -33,32 +33,17 @@ from bnnrobust.attacks.base import (
     Norm,
     check_eps,
     check_labels,
-    check_positive,
     flat_norm,
 )
 from bnnrobust.attacks.losses import per_sample_loss
 from bnnrobust.attacks.registry import register_attack
 from bnnrobust.attacks.temperature import Temperature, make_temperature
+from bnnrobust.validation import check_int, check_number
 
 __all__ = ["FGSM", "PGD"]
 
 #: losses an untargeted PGD accepts (targeted DLR belongs to APGD-T)
 PGD_LOSSES: tuple[str, ...] = ("ce", "dlr")
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
-
-
-def _check_number(name: str, value: float, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {value!r}.")
-    check_positive(name, float(value), allow_zero=allow_zero)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}.")
-    return float(value)
 
 
 def attack_name(base: str, norm: Norm, loss: str, temperature: Temperature | None) -> str:
@@ -109,10 +94,10 @@ class PGD(Attack):
         seed: int | None = None,
     ) -> None:
         super().__init__(surrogate=surrogate, seed=seed)
-        self.eps = _check_number("eps", eps, allow_zero=True)
-        self.step_size = _check_number("step_size", step_size, allow_zero=False)
-        self.steps = _check_int("steps", steps, 1)
-        self.restarts = _check_int("restarts", restarts, 1)
+        self.eps = check_number("eps", eps, allow_zero=True)
+        self.step_size = check_number("step_size", step_size, allow_zero=False)
+        self.steps = check_int("steps", steps, 1)
+        self.restarts = check_int("restarts", restarts, 1)
         self.norm = Norm.parse(norm)
         check_eps(self.eps, self.norm)
         key = loss.lower() if isinstance(loss, str) else loss
@@ -255,7 +240,7 @@ class FGSM(PGD):
         surrogate: str | None = None,
         seed: int | None = None,
     ) -> None:
-        eps_value = _check_number("eps", eps, allow_zero=True)
+        eps_value = check_number("eps", eps, allow_zero=True)
         if step_size is None:
             # eps = 0 leaves no room to move; any positive step is then projected away
             step_size = eps_value if eps_value > 0 else 1.0

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from bnnrobust.attacks.base import eval_mode
+from bnnrobust.validation import check_int
 
 __all__ = ["LogitScale", "clever_scores", "summarize", "temperature_betas"]
 
@@ -49,12 +50,6 @@ class LogitScale(nn.Module):
         return self.model(x) * self.beta
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"CLEVER {name} must be an integer >= 1, got {value!r}.")
-    return value
-
-
 def _check(x: Tensor, norm: Any, nb_batches: Any, batch_size: Any, radius: Any,
            betas: Mapping[str, Any]) -> None:
     if not isinstance(x, Tensor) or x.dim() != 4:
@@ -65,8 +60,8 @@ def _check(x: Tensor, norm: Any, nb_batches: Any, batch_size: Any, radius: Any,
                          f"[{float(x.min()):.3g}, {float(x.max()):.3g}].")
     if norm not in (1, 2, math.inf, "inf"):
         raise ValueError(f"CLEVER norm must be 1, 2 or inf, got {norm!r}.")
-    _positive_int("nb_batches", nb_batches)
-    _positive_int("batch_size", batch_size)
+    check_int("nb_batches", nb_batches, prefix="CLEVER ")
+    check_int("batch_size", batch_size, prefix="CLEVER ")
     if isinstance(radius, bool) or not isinstance(radius, int | float) or not radius > 0 \
             or not math.isfinite(radius):
         raise ValueError(f"CLEVER radius must be a finite number > 0, got {radius!r}.")

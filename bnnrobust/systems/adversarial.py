@@ -53,6 +53,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from bnnrobust.attacks.base import Attack
 from bnnrobust.systems.classifier import ImageClassifier, default_optimizer
+from bnnrobust.validation import check_int
 
 __all__ = [
     "PAPER_TRAIN_ATTACK",
@@ -113,16 +114,6 @@ class BatchStatsView(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         with batch_stats_batchnorm(self.model):
             return self.model(x)
-
-
-def _check_int(name: str, value: int | None, minimum: int, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        extra = " or None" if allow_none else ""
-        raise ValueError(
-            f"AdversarialClassifier: {name} must be an integer >= {minimum}{extra}, got {value!r}."
-        )
 
 
 class AdversarialClassifier(ImageClassifier):
@@ -207,8 +198,9 @@ class AdversarialClassifier(ImageClassifier):
                 f"AdversarialClassifier: inner_bn_mode must be one of {_BN_MODES}, "
                 f"got {inner_bn_mode!r}."
             )
-        _check_int("njs_interval", njs_interval, 1)
-        _check_int("njs_calibration_samples", njs_calibration_samples, 1, allow_none=True)
+        check_int("njs_interval", njs_interval, 1, prefix="AdversarialClassifier: ")
+        check_int("njs_calibration_samples", njs_calibration_samples, 1, allow_none=True,
+                  prefix="AdversarialClassifier: ")
         self.adv_ratio = float(adv_ratio)
         self.inner_bn_mode = inner_bn_mode
         self.njs_interval = njs_interval

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bnnrobust import validation as v
 from bnnrobust.attacks.base import Norm, check_inputs, eval_mode
-from bnnrobust.evaluation.diagnose import validation as v
 from bnnrobust.evaluation.diagnose.checks import (
     check_black_box,
     check_clever,
