@@ -1,14 +1,14 @@
 """Attack presets per dataset: the paper's Table 6, a Fashion-MNIST/MNIST preset, the
 adversarial-training attack (Table 4), and the ``"strongest"`` worst-case cascade.
 
-All eps and step sizes are in [0, 1] pixel units (the paper gives them in /255).
+All eps and step sizes are in [0, 1] pixel units (the paper gives them in /255)::
 
-| dataset | FGSM eps / step / T | PGD L∞ eps / step / T | PGD L2 eps / step / T | source |
-|---|---|---|---|---|
-| cifar10 | 8/255 / 8/255 / 1 | 8/255 / 2/255 / 20 | 120/255 / 15/255 / 20 | paper Table 6 |
-| cifar100 | 4/255 / 4/255 / 1 | 4/255 / 1/255 / 10 | 60/255 / 15/255 / 10 | paper Table 6 |
-| fmnist, mnist | 0.1 / 0.1 / 1 | 0.1 / 0.01 / 20 | 1.5 / 0.15 / 20 | bnnrobust |
-| synthetic | as fmnist | | | for tests |
+    | dataset | FGSM eps / step / T | PGD L∞ eps / step / T | PGD L2 eps / step / T | source |
+    |---|---|---|---|---|
+    | cifar10 | 8/255 / 8/255 / 1 | 8/255 / 2/255 / 20 | 120/255 / 15/255 / 20 | paper Table 6 |
+    | cifar100 | 4/255 / 4/255 / 1 | 4/255 / 1/255 / 10 | 60/255 / 15/255 / 10 | paper Table 6 |
+    | fmnist, mnist | 0.1 / 0.1 / 1 | 0.1 / 0.01 / 20 | 1.5 / 0.15 / 20 | bnnrobust |
+    | synthetic | as fmnist | | | for tests |
 
 The Fashion-MNIST/MNIST values are ours (the paper has no such table): eps 0.1 L∞ is the
 budget of bnnrobust's Fashion-MNIST BNN measurements; PGD takes 20 steps of

@@ -1,15 +1,15 @@
 """Binarizers: how a binary layer turns its latent real weights ``u`` into used weights ``w``.
 
 One object per model is shared by all its binary layers (it is registered as their
-``binarizer`` submodule, so its state, e.g. ``tanh_scale``, is saved in checkpoints).
+``binarizer`` submodule, so its state, e.g. ``tanh_scale``, is saved in checkpoints)::
 
-| name        | training forward | backward                         | eval     | after each step  |
-|-------------|------------------|----------------------------------|----------|------------------|
-| ``none``    | w = u            | exact                            | w = u    | -                |
-| ``bc``      | w = sign(u)      | STE, zero where abs(u) > 1       | sign(u)  | clip u to [-1,1] |
-| ``gd_tanh`` | w = tanh(s·u)    | exact chain rule                 | sign(u)  | anneal s         |
-| ``md_tanh_s``| w = tanh(s·u)   | full STE (∂L/∂u = ∂L/∂w)         | sign(u)  | anneal s         |
-| ``hubara``  | w = sign(u), activations sign(x) | STE (weights); activations gated by abs(x) <= 1 | same | clip u |
+    | name        | training forward | backward                         | eval     | after each step  |
+    |-------------|------------------|----------------------------------|----------|------------------|
+    | ``none``    | w = u            | exact                            | w = u    | -                |
+    | ``bc``      | w = sign(u)      | STE, zero where abs(u) > 1       | sign(u)  | clip u to [-1,1] |
+    | ``gd_tanh`` | w = tanh(s·u)    | exact chain rule                 | sign(u)  | anneal s         |
+    | ``md_tanh_s``| w = tanh(s·u)   | full STE (∂L/∂u = ∂L/∂w)         | sign(u)  | anneal s         |
+    | ``hubara``  | w = sign(u), activations sign(x) | STE (weights); activations gated by abs(x) <= 1 | same | clip u |
 
 ``sign(0) = +1``. The annealed scale ``s`` is called ``tanh_scale`` (never β, which is the
 attack temperature): ``s = tanh_scale_start · growth ** (step // interval)``, capped at
@@ -215,7 +215,7 @@ class MDTanhS(_TanhBinarizer):
 
 
 class Hubara(Binarizer):
-    """Hubara et al. BNN (BNN-WAQ): sign weights (STE) and sign activations (STE gated by |x| <= 1).
+    """Hubara et al. BNN (BNN-WAQ): sign weights (STE) and sign activations (STE gated by ``|x| <= 1``).
 
     The models replace ReLU by :class:`~bnnrobust.binarize.SignActivation`; the first layer
     sees the real image. Latent weights are clipped to [-1, 1] after each optimizer step.

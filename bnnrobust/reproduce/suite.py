@@ -25,7 +25,7 @@ def attack_suite(spec: ModelSpec, settings: Settings,
     """The attacks run on ``spec``'s network, keyed as in :data:`ATTACK_ROWS`.
 
     ``ref_model`` (the float REF) is the source of the transfer attack; ``None`` leaves the
-    transfer attack out (REF itself). "PGD with R restarts" is a :class:`Cascade` of R
+    transfer attack out (REF itself). "PGD with R restarts" is a :class:`~bnnrobust.attacks.Cascade` of R
     independent random-start PGD runs: a sample is robust only if every run failed (the
     per-sample worst case of ``PGD(restarts=R)``), and each run only attacks the samples
     still robust, so it costs far less than R full runs.
