@@ -16,7 +16,7 @@ taken) or ``zoo:NAME`` (:mod:`bnnrobust.zoo`, checksum verified), read with
 ``module.`` (Lightning, DataParallel) are stripped when that makes the keys match; any other
 mismatch is one :class:`AnyModelError` naming a few missing and unexpected keys. A NaN/inf in
 any tensor is refused, naming the tensor. ``--binarizer NAME`` converts the network with
-:func:`bnnrobust.binarize.binarize`; ``--normalize {mean: [...], std: [...]}`` puts a
+:func:`bnnrobust.binarize.binarize_model`; ``--normalize {mean: [...], std: [...]}`` puts a
 :class:`bnnrobust.models.normalize.Normalize` in front (``Sequential(Normalize, net)``, the
 layout of bnnrobust's own checkpoints); without it the network sees [0, 1] pixels as they are.
 """

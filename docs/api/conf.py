@@ -81,13 +81,7 @@ _EXTERNAL = (
 nitpick_ignore_regex = [
     (r"py:.*", _EXTERNAL + r"(\..*)?"),
 ]
-# Known stale references in files other engineers are editing (not edited here); each entry
-# names the file, and goes once the docstring is fixed:
-# - bnnrobust/evaluation/any_model.py (module docstring): bnnrobust.binarize.binarize became
-#   bnnrobust.binarize.binarize_model (commit 251de3f)
-nitpick_ignore = [
-    ("py:func", "bnnrobust.binarize.binarize"),
-]
+nitpick_ignore: list[tuple[str, str]] = []
 
 def _public_submodules(package: str) -> list[str]:
     """Submodules of ``package`` to document: public names, no ``__main__``, recursively."""
