@@ -31,7 +31,7 @@ COMPONENTS = ROOT / "configs" / "components"
 #: bnnrobust.quickstart read them as plain YAML and write edited copies elsewhere)
 COMPOSED = ("cifar10", "cifar100", "paper/train")
 #: the sections a composed recipe takes from a file of configs/components/<folder>/
-SECTIONS = {("model", "init_args", "model"): "networks", ("data",): "data",
+SECTIONS = {("model", "init_args", "model"): "networks", ("data",): "datasets",
             ("model", "init_args", "optimizer"): "optimizers",
             ("model", "init_args", "lr_scheduler"): "schedules", ("trainer",): "trainers"}
 
@@ -164,7 +164,7 @@ def test_cifar_recipes_take_each_section_from_one_component_file() -> None:
 
 
 def test_cifar10_and_cifar100_variants_differ_in_the_data_file_only() -> None:
-    data = {name: COMPONENTS / "data" / f"{name}.yaml" for name in ("cifar10", "cifar100")}
+    data = {name: COMPONENTS / "datasets" / f"{name}.yaml" for name in ("cifar10", "cifar100")}
     # the two data files differ in the data module alone (same batch size and options)
     ten, hundred = (yaml.safe_load(p.read_text()) for p in data.values())
     assert ten.pop("class_path") == "bnnrobust.data.CIFAR10DataModule"
@@ -174,13 +174,13 @@ def test_cifar10_and_cifar100_variants_differ_in_the_data_file_only() -> None:
     def without_data(path: Path) -> dict:
         return {k: v for k, v in _raw(path).items() if k != "data"}
 
-    by_data: dict[str, list[Path]] = {"components/data/cifar10.yaml": [],
-                                      "components/data/cifar100.yaml": []}
+    by_data: dict[str, list[Path]] = {"components/datasets/cifar10.yaml": [],
+                                      "components/datasets/cifar100.yaml": []}
     for path in _composed():
         by_data[_raw(path)["data"]].append(path)
-    assert len(by_data["components/data/cifar100.yaml"]) >= 11
-    for path in by_data["components/data/cifar100.yaml"]:
-        twins = [q for q in by_data["components/data/cifar10.yaml"]
+    assert len(by_data["components/datasets/cifar100.yaml"]) >= 11
+    for path in by_data["components/datasets/cifar100.yaml"]:
+        twins = [q for q in by_data["components/datasets/cifar10.yaml"]
                  if without_data(q) == without_data(path)]
         assert len(twins) == 1, (f"{_name(path)}: expected one CIFAR-10 recipe identical but for "
                                  f"its data: file, found {[_name(q) for q in twins]}")
