@@ -1,6 +1,6 @@
 """Evaluate a trained checkpoint against a list of attacks (see ``docs/evaluation.md``).
 
-    python evaluate.py --config configs/eval/fmnist.yaml --ckpt logs/<run>/checkpoints/last.ckpt
+    python evaluate.py --config configs/eval/fmnist.yaml --ckpt logs/<run>/version_0/checkpoints/last.ckpt
     python evaluate.py --config configs/eval/fmnist.yaml --ckpt PATH --attacks pgd pgd++njs --n 500
 """
 

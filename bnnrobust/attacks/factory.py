@@ -202,6 +202,6 @@ def _build_transfer(kwargs: dict[str, Any], dataset: str | None) -> TransferAtta
         raise ValueError(
             f"A transfer attack needs 'source', the model to craft the examples on (an "
             f"nn.Module), got {source!r}. evaluate.py configs take a checkpoint path there: "
-            "{name: transfer, source: logs/resnet18_ref/checkpoints/last.ckpt, attack: pgd}."
+            "{name: transfer, source: logs/resnet18_ref/version_0/checkpoints/last.ckpt, attack: pgd}."
         )
     return TransferAttack(source, build_attack(kwargs.get("attack", "pgd"), dataset))
