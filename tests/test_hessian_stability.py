@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor
 
-import bnnrobust.attacks.temperature as temperature
+import bnnrobust.attacks.hns as temperature  # the module that holds _TR_CHUNK_ELEMENTS
 from bnnrobust.attacks.temperature import hessian_norm, hns_beta_from_gram, hns_grid
 
 

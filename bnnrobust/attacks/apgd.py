@@ -99,6 +99,64 @@ def _take(obj: Any, keep: Tensor, n: int) -> Any:
     raise TypeError(f"cannot index temperature state of type {type(obj).__name__}")
 
 
+@dataclasses.dataclass
+class _Working:
+    """The samples one APGD run still attacks, one row each (fewer after a checkpoint drops
+    the fooled ones): their position in the run's batch, inputs, labels and target, and the
+    iterate's state (current and previous point, gradient, best point and its gradient, best
+    misclassified point, best loss, step size, fooled flag, the checkpoint bookkeeping, the
+    losses since the last checkpoint and the last β)."""
+
+    pos: Tensor
+    x: Tensor
+    y: Tensor
+    target: Tensor | None
+    x_adv: Tensor
+    x_old: Tensor
+    grad: Tensor
+    x_best: Tensor
+    grad_best: Tensor
+    x_best_adv: Tensor
+    loss_best: Tensor
+    fooled: Tensor
+    step: Tensor
+    hist: list[Tensor]
+    loss_best_last: Tensor
+    reduced_last: Tensor
+    beta: Tensor | None
+
+    def take(self, keep: Tensor) -> _Working:
+        """The rows ``keep`` of every per-sample tensor."""
+        def rows(value: Any) -> Any:
+            if value is None:
+                return None
+            if isinstance(value, list):
+                return [v[keep] for v in value]
+            return value[keep]
+
+        return _Working(**{f.name: rows(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+@dataclasses.dataclass
+class _RunOutput:
+    """Full-batch outputs of one APGD run, written as samples leave the working batch."""
+
+    x: Tensor
+    fooled: Tensor
+    loss: Tensor
+    beta: Tensor
+
+    def flush(self, w: _Working, idx: Tensor) -> None:
+        """Write the working rows ``idx``: the misclassified point where fooled, else the
+        best-loss point; their fooled flag, best loss and last β."""
+        view = (-1,) + (1,) * (w.x.dim() - 1)
+        self.x[w.pos[idx]] = torch.where(w.fooled[idx].view(view), w.x_best_adv[idx], w.x_best[idx])
+        self.fooled[w.pos[idx]] = w.fooled[idx]
+        self.loss[w.pos[idx]] = w.loss_best[idx]
+        if w.beta is not None:
+            self.beta[w.pos[idx]] = w.beta[idx].to(self.beta.dtype)
+
+
 class APGD(Attack):
     """Auto-PGD (Croce & Hein 2020) with an optional attack temperature (APGD-CE++).
 
@@ -244,100 +302,81 @@ class APGD(Attack):
         dev = x.device
         view = (-1,) + (1,) * (x.dim() - 1)
         checkpoints = set(apgd_checkpoints(self.steps))
+        out = _RunOutput(x=torch.empty_like(x), fooled=torch.zeros(n, dtype=torch.bool, device=dev),
+                         loss=torch.zeros(n, dtype=x.dtype, device=dev),
+                         beta=torch.ones(n, dtype=x.dtype, device=dev))
 
-        # full-size outputs
-        out_x = torch.empty_like(x)
-        out_fooled = torch.zeros(n, dtype=torch.bool, device=dev)
-        out_loss = torch.zeros(n, dtype=x.dtype, device=dev)
-        out_beta = torch.ones(n, dtype=x.dtype, device=dev)
-
-        # working state (compacted at checkpoints)
-        pos = torch.arange(n, device=dev)
         x_adv = self._random_start(x, generator)
         state = None
         if temperature is not None:
             state = temperature.start(model, x_adv, y)
         logits, loss, grad, beta = self._loss_grad(model, x_adv, y, target, state)
-        fooled = logits.argmax(1) != y
-        x_best_adv = x_adv.clone()
-        x_best = x_adv.clone()
-        grad_best = grad.clone()
         loss_best = loss.clone()
-        step = torch.full((n,), 2.0 * self.eps, dtype=x.dtype, device=dev)
-        x_old = x_adv.clone()
-        hist = [loss.clone()]  # losses of the working samples since the last checkpoint
-        loss_best_last = loss_best.clone()
-        reduced_last = torch.ones(n, dtype=torch.bool, device=dev)
+        w = _Working(  # the working samples' state, compacted at checkpoints
+            pos=torch.arange(n, device=dev), x=x, y=y, target=target, x_adv=x_adv,
+            x_old=x_adv.clone(), grad=grad, x_best=x_adv.clone(), grad_best=grad.clone(),
+            x_best_adv=x_adv.clone(), loss_best=loss_best, fooled=logits.argmax(1) != y,
+            step=torch.full((n,), 2.0 * self.eps, dtype=x.dtype, device=dev),
+            hist=[loss.clone()], loss_best_last=loss_best.clone(),
+            reduced_last=torch.ones(n, dtype=torch.bool, device=dev), beta=beta)
         last_check = -1
         compactable = True
-
-        def flush(idx: Tensor) -> None:
-            out_x[pos[idx]] = torch.where(fooled[idx].view(view), x_best_adv[idx], x_best[idx])
-            out_fooled[pos[idx]] = fooled[idx]
-            out_loss[pos[idx]] = loss_best[idx]
-            if beta is not None:
-                out_beta[pos[idx]] = beta[idx].to(out_beta.dtype)
 
         for i in range(self.steps):
             with torch.no_grad():
                 a = 1.0 if i == 0 else 0.75
-                eta = step.view(view)
-                z = self._project(x_adv + eta * self._direction(grad), x)
-                x_new = self._project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_old), x)
-                x_old = x_adv
-                x_adv = x_new
-            logits, loss, grad, beta = self._loss_grad(model, x_adv, y, target, state)
+                eta = w.step.view(view)
+                z = self._project(w.x_adv + eta * self._direction(w.grad), w.x)
+                x_new = self._project(w.x_adv + a * (z - w.x_adv) + (1 - a) * (w.x_adv - w.x_old), w.x)
+                w.x_old = w.x_adv
+                w.x_adv = x_new
+            logits, loss, w.grad, w.beta = self._loss_grad(model, w.x_adv, w.y, w.target, state)
             with torch.no_grad():
-                wrong = logits.argmax(1) != y
-                x_best_adv = torch.where(wrong.view(view), x_adv, x_best_adv)
-                fooled = fooled | wrong
-                better = loss > loss_best
-                x_best = torch.where(better.view(view), x_adv, x_best)
-                grad_best = torch.where(better.view(view), grad, grad_best)
-                loss_best = torch.where(better, loss, loss_best)
-                hist.append(loss.clone())
+                wrong = logits.argmax(1) != w.y
+                w.x_best_adv = torch.where(wrong.view(view), w.x_adv, w.x_best_adv)
+                w.fooled = w.fooled | wrong
+                better = loss > w.loss_best
+                w.x_best = torch.where(better.view(view), w.x_adv, w.x_best)
+                w.grad_best = torch.where(better.view(view), w.grad, w.grad_best)
+                w.loss_best = torch.where(better, loss, w.loss_best)
+                w.hist.append(loss.clone())
 
                 if i in checkpoints:
-                    k = i - last_check
-                    h = torch.stack(hist[-(k + 1):])  # k + 1 losses → k comparisons
-                    n_incr = (h[1:] > h[:-1]).sum(0).to(x.dtype)
-                    cond_a = n_incr <= k * self.rho
-                    cond_b = (~reduced_last) & (loss_best_last >= loss_best)
-                    reduce = cond_a | cond_b
-                    reduced_last = reduce
-                    loss_best_last = loss_best.clone()
-                    step = torch.where(reduce, step / 2.0, step)
-                    x_adv = torch.where(reduce.view(view), x_best, x_adv)
-                    grad = torch.where(reduce.view(view), grad_best, grad)
+                    self._step_size_check(w, i - last_check)
                     last_check = i
-                    hist = [hist[-1]]
-
                     # drop fooled samples from the working batch
-                    if compactable and bool(fooled.any()):
-                        done = fooled.nonzero().squeeze(1)
-                        flush(done)
-                        keep = (~fooled).nonzero().squeeze(1)
-                        m = fooled.shape[0]
+                    if compactable and bool(w.fooled.any()):
+                        out.flush(w, w.fooled.nonzero().squeeze(1))
+                        keep = (~w.fooled).nonzero().squeeze(1)
                         try:
-                            new_state = _take(state, keep, m)
+                            new_state = _take(state, keep, w.fooled.shape[0])
                         except TypeError:
                             compactable = False
                         else:
                             state = new_state
-                            pos, x, y = pos[keep], x[keep], y[keep]
-                            target = None if target is None else target[keep]
-                            x_adv, x_old, grad = x_adv[keep], x_old[keep], grad[keep]
-                            x_best, grad_best, x_best_adv = x_best[keep], grad_best[keep], x_best_adv[keep]
-                            loss_best, step, fooled = loss_best[keep], step[keep], fooled[keep]
-                            loss_best_last, reduced_last = loss_best_last[keep], reduced_last[keep]
-                            hist = [h_[keep] for h_ in hist]
-                            if beta is not None:
-                                beta = beta[keep]
-                        if pos.numel() == 0:
+                            w = w.take(keep)
+                        if w.pos.numel() == 0:
                             break
-        if pos.numel():
-            flush(torch.arange(pos.numel(), device=dev))
-        return out_x, out_fooled, out_loss, out_beta
+        if w.pos.numel():
+            out.flush(w, torch.arange(w.pos.numel(), device=dev))
+        return out.x, out.fooled, out.loss, out.beta
+
+    def _step_size_check(self, w: _Working, k: int) -> None:
+        """APGD's checkpoint, ``k`` steps after the last one: halve the step size of the
+        samples that meet condition (a) or (b) (module docstring) and restart them from
+        their best point and its gradient."""
+        view = (-1,) + (1,) * (w.x.dim() - 1)
+        h = torch.stack(w.hist[-(k + 1):])  # k + 1 losses → k comparisons
+        n_incr = (h[1:] > h[:-1]).sum(0).to(w.x.dtype)
+        cond_a = n_incr <= k * self.rho
+        cond_b = (~w.reduced_last) & (w.loss_best_last >= w.loss_best)
+        reduce = cond_a | cond_b
+        w.reduced_last = reduce
+        w.loss_best_last = w.loss_best.clone()
+        w.step = torch.where(reduce, w.step / 2.0, w.step)
+        w.x_adv = torch.where(reduce.view(view), w.x_best, w.x_adv)
+        w.grad = torch.where(reduce.view(view), w.grad_best, w.grad)
+        w.hist = [w.hist[-1]]
 
     # ------------------------------------------------------------------ the attack
     def _perturb(
