@@ -29,13 +29,10 @@ single-process run with the same batch size.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +41,33 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from bnnrobust.attacks.base import Attack, check_logits, eval_mode
-from bnnrobust.evaluation.accounting import BetaStats, SampleTally, worst_case
+from bnnrobust.attacks.temperature import njs_temperatures
+from bnnrobust.evaluation.accounting import BetaStats, SampleTally, TallyResult, worst_case
+from bnnrobust.evaluation.feedback import (
+    PILOT_SAMPLES,
+    describe_budget,
+    note,
+    pilot_line,
+    progress_bar,
+)
 from bnnrobust.evaluation.partial import PartialResults, model_digest
-from bnnrobust.metrics.intervals import wilson_interval_percent
+from bnnrobust.evaluation.results import (
+    AttackResult,
+    EvalResult,
+    adv_path,
+    jsonable,
+    reevaluate,
+    result_fields,
+    result_from_fields,
+    save_adv_examples,
+)
 
 __all__ = [
     "AttackResult",
     "BetaStats",
     "EvalResult",
     "SampleSource",
+    "adv_path",
     "describe_budget",
     "evaluate",
     "reevaluate",
@@ -60,99 +75,6 @@ __all__ = [
 ]
 
 DataSource = DataLoader | Dataset | tuple[Tensor, Tensor] | Sequence[Tensor]
-
-
-# -- result containers ------------------------------------------------------------------------
-@dataclass
-class AttackResult:
-    """One attack's outcome.
-
-    Attributes:
-        name: attack name (``"pgd++njs"``, ...), the key of the attack dict.
-        adv_acc: adversarial accuracy in percent of ``n`` (see module docstring).
-        correct: number of robust samples.
-        n: number of evaluated samples.
-        seconds: wall-clock seconds spent in the attack (max over ranks).
-        attacked: number of samples attacked (clean-correct ones).
-        beta: β statistics, or None for attacks without a temperature.
-        config: the attack's ``describe()`` (eps in [0, 1] pixel units, norm, steps, ...).
-    """
-
-    name: str
-    adv_acc: float
-    correct: int
-    n: int
-    seconds: float
-    attacked: int
-    beta: BetaStats | None
-    config: dict[str, Any]
-
-
-@dataclass
-class EvalResult:
-    """Everything :func:`evaluate` measured; ``to_dict()`` is the JSON body of a report."""
-
-    n: int
-    seed: int
-    batch_size: int
-    device: str
-    world_size: int
-    clean_acc: float
-    clean_correct: int
-    attacks: dict[str, AttackResult]
-    worst_case_acc: float | None
-    seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: (n,) bool: sample i is classified correctly (clean)
-    clean_mask: Tensor | None = field(default=None, repr=False)
-    #: per attack, (n,) bool: sample i is correct clean and after the attack
-    masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
-
-    @property
-    def robust_mask(self) -> Tensor | None:
-        """(n,) bool: correct clean and under every attack (the per-sample worst case)."""
-        if self.clean_mask is None:
-            return None
-        return worst_case(self.clean_mask, list(self.masks.values()))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON body; ``clean_ci95``, each attack's ``ci95`` and ``worst_case_ci95`` are
-        Wilson 95 % intervals ``[low %, high %]`` of the counts (None without samples)."""
-        out = {k: getattr(self, k) for k in ("n", "seed", "batch_size", "device", "world_size",
-                                             "clean_acc", "clean_correct")}
-        out["clean_ci95"] = _ci95(self.clean_correct, self.n)
-        out["attacks"] = {name: {**asdict(res), "ci95": _ci95(res.correct, res.n)}
-                          for name, res in self.attacks.items()}
-        out["worst_case_acc"] = self.worst_case_acc
-        out["worst_case_ci95"] = None
-        if self.worst_case_acc is not None:
-            robust = self.robust_mask
-            # worst_case_acc = 100 * count / n exactly, so the count is recovered by rounding
-            count = int(robust.sum()) if robust is not None and self.masks \
-                else round(self.worst_case_acc * self.n / 100.0)
-            out["worst_case_ci95"] = _ci95(count, self.n)
-        out["seconds"] = self.seconds
-        out.update(self.extra)
-        return _jsonable(out)
-
-
-def _ci95(correct: int, n: int) -> list[float] | None:
-    """Wilson 95 % interval of ``correct / n`` in percent, ``[low, high]``; None if ``n < 1``."""
-    if n < 1 or not 0 <= correct <= n:
-        return None
-    return list(wilson_interval_percent(int(correct), int(n)))
-
-
-def _jsonable(obj: Any) -> Any:
-    """Round-trip through JSON (tuples → lists, tensors/enums → numbers/strings)."""
-    def default(o: Any) -> Any:
-        if torch.is_tensor(o):
-            return o.tolist()
-        if isinstance(o, Path):
-            return str(o)
-        return str(o)
-
-    return json.loads(json.dumps(obj, default=default))
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -260,28 +182,6 @@ def _check_images(x: Tensor, start: int) -> None:
         )
 
 
-def _njs_targets(attack: Any, model: nn.Module) -> list[tuple[Any, nn.Module]]:
-    """NJS temperatures inside an attack (and wrapped attacks) with the model each attacks."""
-    from bnnrobust.attacks.temperature import NJS
-
-    found: list[tuple[Any, nn.Module]] = []
-    temp = getattr(attack, "temperature", None)
-    if isinstance(temp, NJS):
-        found.append((temp, model))
-    inner = getattr(attack, "attack", None)
-    if isinstance(inner, Attack):
-        source = getattr(attack, "source_model", None)
-        found += _njs_targets(inner, source if isinstance(source, nn.Module) else model)
-    members = getattr(attack, "attacks", None)
-    if isinstance(members, Mapping):
-        members = list(members.values())
-    if isinstance(members, list | tuple):
-        for member in members:
-            if isinstance(member, Attack):
-                found += _njs_targets(member, model)
-    return found
-
-
 def _batch_seed(seed: int, name: str, batch_index: int) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode()) * 7919 + batch_index) % (2**63 - 1)
 
@@ -289,10 +189,6 @@ def _batch_seed(seed: int, name: str, batch_index: int) -> int:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace("++", "pp"))
 
 
 # -- the runner -------------------------------------------------------------------------------
@@ -356,6 +252,60 @@ def evaluate(
     Returns:
         :class:`EvalResult` (accuracies in percent; per-sample robust masks in ``masks``).
     """
+    run = _prepare(model, data, attacks, n, device, batch_size, seed=seed, show=progress,
+                   pilot=pilot, save_adv=save_adv, partial_results=partial_results)
+    t_start = time.perf_counter()
+    results: dict[str, AttackResult] = {}
+    masks: dict[str, Tensor] = {}
+    resumed: list[str] = []
+    with eval_mode(run.model), torch.random.fork_rng(devices=run.fork_devices):
+        njs_beta1 = _calibrate_njs(run, attacks, n_calib) if calibrate_njs else {}
+        clean, digest = _clean_pass(run, num_classes)
+        store = _open_store(run, digest, calibrate_njs, n_calib)
+        store.record_clean(clean.mask)
+        for name in attacks:
+            config = _attack_config(attacks[name], njs_beta1.get(name))
+            done = store.finished(name, config)
+            if done is not None:  # finished by an earlier run of the same key
+                results[name], masks[name] = result_from_fields(done[0], config), done[1]
+                resumed.append(name)
+                if run.show:
+                    note(f"{name}: finished in an earlier run ({partial_results}); not run again")
+            else:
+                results[name], masks[name] = _attack_pass(run, attacks[name], name, config, clean)
+                store.record(name, config, result_fields(results[name]), masks[name])
+            if on_attack is not None and run.rank == 0:
+                on_attack(name, results[name], masks[name])
+    return _eval_result(run, clean, results, masks, resumed, t_start)
+
+
+# -- the passes of evaluate() -----------------------------------------------------------------
+@dataclass
+class _Run:
+    """One :func:`evaluate` call: the model and data, this process's batches, the settings."""
+
+    model: nn.Module  # on ``dev``
+    src: SampleSource
+    total: int  # evaluated samples
+    batch_size: int
+    rank: int
+    world: int
+    mine: list[tuple[int, int, int]]  # this process's batches: (global index, start, stop)
+    dev: torch.device
+    dtype: torch.dtype  # the model's floating dtype; images are cast to it
+    seed: int
+    show: bool  # feedback on stderr (``progress``, rank 0 only)
+    pilot: bool
+    save_adv: str | Path | None
+    partial_results: str | Path | None
+    fork_devices: list[torch.device]  # the devices whose RNG fork_rng forks: [dev] on CUDA
+
+
+def _prepare(model: nn.Module, data: DataSource, attacks: Mapping[str, Attack], n: int | None,
+             device: str | torch.device | None, batch_size: int | None, *, seed: int,
+             show: bool, pilot: bool, save_adv: str | Path | None,
+             partial_results: str | Path | None) -> _Run:
+    """Check the arguments of :func:`evaluate`, read the data, deal the batches, move the model."""
     if not isinstance(attacks, Mapping):
         raise TypeError("evaluate: attacks must be a dict {name: Attack}; build them with "
                         "bnnrobust.attacks.factory.build_attack.")
@@ -379,190 +329,112 @@ def evaluate(
     starts = list(range(0, total, batch_size))
     mine = [(b, starts[b], min(starts[b] + batch_size, total))
             for b in range(rank, len(starts), world)]
-    names = list(attacks)
     model = model.to(dev)
-    dtype = _float_dtype(model)  # images are cast to it (float64 data, float32 model)
-    t_start = time.perf_counter()
-    fork_devices = [dev] if dev.type == "cuda" else []
-    results: dict[str, AttackResult] = {}
-    masks: dict[str, Tensor] = {}
-    resumed: list[str] = []
-    with eval_mode(model), torch.random.fork_rng(devices=fork_devices):
-        njs_beta1: dict[str, list[float]] = {}
-        if calibrate_njs:
-            x_cal, _ = src.get(0, min(n_calib, total))
-            _check_images(x_cal, 0)
-            x_cal = x_cal.to(dev, dtype)
-            for name in names:
-                for temp, target in _njs_targets(attacks[name], model):
-                    njs_beta1.setdefault(name, []).append(float(temp.calibrate(target, x_cal)))
-        show = progress and rank == 0
-        bar = _progress_bar(total, "clean") if show else None
-        # the clean pass: which samples are attacked, and the data's digest for resuming
-        clean_tally = SampleTally(total).to(dev)
-        digest = hashlib.sha256()
-        for _, start, stop in mine:
-            x, y = src.get(start, stop)
-            _check_images(x, start)
-            x = x.to(dtype)
-            digest.update(x.detach().cpu().float().contiguous().numpy().tobytes())
-            digest.update(y.detach().cpu().long().numpy().tobytes())
-            x, y = x.to(dev), y.to(dev).long()
-            with torch.no_grad():
-                logits = model(x)
-            check_logits(logits, y, where=f"the batch starting at sample {start}",
-                         num_classes=num_classes)
-            clean_tally.update(torch.arange(start, stop), logits.argmax(dim=-1) == y)
-            if bar is not None:
-                bar.update((stop - start) * world)
+    return _Run(model=model, src=src, total=total, batch_size=int(batch_size), rank=rank,
+                world=world, mine=mine, dev=dev, dtype=_float_dtype(model), seed=seed,
+                show=show and rank == 0, pilot=pilot, save_adv=save_adv,
+                partial_results=partial_results, fork_devices=[dev] if dev.type == "cuda" else [])
+
+
+def _calibrate_njs(run: _Run, attacks: Mapping[str, Attack], n_calib: int) -> dict[str, list[float]]:
+    """β1 of every NJS temperature of every attack, calibrated on the first ``n_calib`` clean
+    samples: ``{attack name: [β1, ...]}`` (attacks without NJS are left out)."""
+    x_cal, _ = run.src.get(0, min(n_calib, run.total))
+    _check_images(x_cal, 0)
+    x_cal = x_cal.to(run.dev, run.dtype)
+    beta1: dict[str, list[float]] = {}
+    for name in attacks:
+        for temp, target in njs_temperatures(attacks[name], run.model):
+            beta1.setdefault(name, []).append(float(temp.calibrate(target, x_cal)))
+    return beta1
+
+
+def _clean_pass(run: _Run, num_classes: int | None) -> tuple[TallyResult, str]:
+    """The clean pass over this process's batches: which samples are attacked, and the
+    SHA-256 of this process's images and labels (the data's part of the resume key)."""
+    bar = progress_bar(run.total, "clean") if run.show else None
+    tally = SampleTally(run.total).to(run.dev)
+    digest = hashlib.sha256()
+    for _, start, stop in run.mine:
+        x, y = run.src.get(start, stop)
+        _check_images(x, start)
+        x = x.to(run.dtype)
+        digest.update(x.detach().cpu().float().contiguous().numpy().tobytes())
+        digest.update(y.detach().cpu().long().numpy().tobytes())
+        x, y = x.to(run.dev), y.to(run.dev).long()
+        with torch.no_grad():
+            logits = run.model(x)
+        check_logits(logits, y, where=f"the batch starting at sample {start}",
+                     num_classes=num_classes)
+        tally.update(torch.arange(start, stop), logits.argmax(dim=-1) == y)
+        if bar is not None:
+            bar.update((stop - start) * run.world)
+    if bar is not None:
+        bar.close()
+    return tally.compute(), digest.hexdigest()
+
+
+def _open_store(run: _Run, digest: str, calibrate_njs: bool, n_calib: int) -> PartialResults:
+    """The run's :class:`PartialResults`, keyed by the weights, the data and the settings."""
+    return PartialResults(run.partial_results, {
+        "model": model_digest(run.model), "data": "|".join(str(v) for v in _all_gather(digest)),
+        "n": run.total, "seed": int(run.seed), "batch_size": run.batch_size,
+        "world_size": run.world, "calibrate_njs": bool(calibrate_njs), "n_calib": int(n_calib)},
+        write=run.rank == 0)
+
+
+def _attack_config(attack: Attack, njs_beta1: list[float] | None) -> dict[str, Any]:
+    """The attack's ``describe()`` as JSON, with its calibrated ``njs_beta1`` (if any)."""
+    config = jsonable(attack.describe())
+    if njs_beta1 is not None:
+        config["njs_beta1"] = njs_beta1[0] if len(njs_beta1) == 1 else njs_beta1
+    return config
+
+
+def _attack_pass(run: _Run, attack: Attack, name: str, config: dict[str, Any],
+                 clean: TallyResult) -> tuple[AttackResult, Tensor]:
+    """One attack over the clean-correct samples, after its pilot line, with its progress bar."""
+    if run.show and run.pilot:  # on the first clean-correct samples of the first batch
+        _, start, stop = run.mine[0]
+        idx = clean.mask[start:stop].nonzero().flatten()[:PILOT_SAMPLES]
+        note(pilot_line(name, config, clean.correct, samples=int(idx.numel()), world=run.world,
+                        pilot=lambda: _time_pilot(run, attack, name, idx)))
+    bar = progress_bar(run.total, name) if run.show else None
+    try:
+        return _run_attack(run.model, run.src, attack, name, run.mine, clean.mask, run.seed,
+                           run.total, run.world, run.dev, config, run.save_adv, bar)
+    finally:
         if bar is not None:
             bar.close()
-        clean = clean_tally.compute()
-        store = PartialResults(partial_results, {
-            "model": model_digest(model), "data": _all_ranks(digest.hexdigest()), "n": total,
-            "seed": int(seed), "batch_size": int(batch_size), "world_size": world,
-            "calibrate_njs": bool(calibrate_njs), "n_calib": int(n_calib)}, write=rank == 0)
-        store.record_clean(clean.mask)
-        for name in names:
-            config = _jsonable(attacks[name].describe())
-            if name in njs_beta1:
-                b1 = njs_beta1[name]
-                config["njs_beta1"] = b1[0] if len(b1) == 1 else b1
-            done = store.finished(name, config)
-            if done is not None:
-                fields, masks[name] = done
-                beta = fields.pop("beta", None)
-                results[name] = AttackResult(**{**fields, "beta": BetaStats(**beta) if beta
-                                                else None, "config": config})
-                resumed.append(name)
-                if show:
-                    _note(f"{name}: finished in an earlier run ({partial_results}); not run "
-                          "again")
-            else:
-                if show and pilot:
-                    _note(_pilot_line(model, src, attacks[name], name, config, mine[0],
-                                      clean.mask, clean.correct, seed, world, dev, fork_devices))
-                bar = _progress_bar(total, name) if show else None
-                try:
-                    results[name], masks[name] = _run_attack(
-                        model, src, attacks[name], name, mine, clean.mask, seed, total, world,
-                        dev, config, save_adv, bar)
-                finally:
-                    if bar is not None:
-                        bar.close()
-                store.record(name, config, _result_fields(results[name]), masks[name])
-            if on_attack is not None and rank == 0:
-                on_attack(name, results[name], masks[name])
-    worst = worst_case(clean.mask, [masks[nm] for nm in names])
+
+
+def _eval_result(run: _Run, clean: TallyResult, results: dict[str, AttackResult],
+                 masks: dict[str, Tensor], resumed: list[str], t_start: float) -> EvalResult:
+    """The :class:`EvalResult` of the finished passes (worst case over ``masks``' attacks)."""
+    worst = worst_case(clean.mask, list(masks.values()))
     return EvalResult(
-        n=total, seed=int(seed), batch_size=int(batch_size), device=str(dev), world_size=world,
-        clean_acc=100.0 * clean.correct / total, clean_correct=clean.correct, attacks=results,
-        worst_case_acc=100.0 * int(worst.sum()) / total if names else None,
+        n=run.total, seed=int(run.seed), batch_size=run.batch_size, device=str(run.dev),
+        world_size=run.world, clean_acc=100.0 * clean.correct / run.total,
+        clean_correct=clean.correct, attacks=results,
+        worst_case_acc=100.0 * int(worst.sum()) / run.total if masks else None,
         seconds=time.perf_counter() - t_start, clean_mask=clean.mask, masks=masks,
         extra={"resumed": resumed} if resumed else {},
     )
 
 
-def _progress_bar(total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
-
-
-def _note(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-#: samples of the pilot run that estimates an attack's time (see ``evaluate(pilot=...)``)
-PILOT_SAMPLES = 8
-_NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1"}
-
-
-def _count(value: Any) -> int | None:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _plural(k: int, word: str, words: str | None = None) -> str:
-    return f"{k} {word if k == 1 else (words or word + 's')}"
-
-
-def describe_budget(config: Mapping[str, Any]) -> str:
-    """An attack's budget in words from its ``describe()``: ``"20 steps x 1 restart, eps 0.1
-    (L∞)"``, ``"5000 queries, eps 0.03137 = 8/255 (L∞)"``, a cascade's stages; keys that
-    are missing (or not numbers) are left out, so any ``describe()`` gives a line (maybe "")."""
-    parts: list[str] = []
-    steps, restarts = _count(config.get("steps")), _count(config.get("restarts"))
-    queries = _count(config.get("n_queries"))
-    inner = config.get("attack")
-    if isinstance(inner, Mapping) and steps is None and queries is None \
-            and not config.get("attacks"):  # a wrapper (transfer, sign-activations-only)
-        return describe_budget({**inner, **{k: config[k] for k in ("eps", "norm") if k in config}})
-    if steps is not None or queries is not None:
-        work = ", ".join(p for p in (None if steps is None else _plural(steps, "step"),
-                                     None if queries is None else _plural(queries, "query",
-                                                                           "queries")) if p)
-        if restarts is not None:
-            work += f" x {_plural(restarts, 'restart')}"
-        parts.append(work)
-    stages = config.get("attacks")
-    if isinstance(stages, list | tuple) and stages:
-        names = [str(st.get("name", "?")) if isinstance(st, Mapping) else "?" for st in stages]
-        parts.append(f"cascade of {_plural(len(names), 'attack')} ({', '.join(names)})")
-    eps = config.get("eps")
-    if isinstance(eps, int | float) and not isinstance(eps, bool) and math.isfinite(eps):
-        text = f"eps {eps:.4g}"
-        k = eps * 255
-        if eps > 0 and abs(k - round(k)) < 1e-6 * max(1.0, k) and abs(eps - round(eps)) > 1e-9:
-            text += f" = {round(k)}/255"
-        norm = config.get("norm")
-        if isinstance(norm, str) and norm:
-            text += f" ({_NORM_NAMES.get(norm.lower(), norm)})"
-        parts.append(text)
-    return ", ".join(p for p in parts if p)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _pilot_line(model: nn.Module, src: SampleSource, attack: Attack, name: str,
-                config: Mapping[str, Any], first: tuple[int, int, int], clean_mask: Tensor,
-                attacked: int, seed: int, world: int, dev: torch.device,
-                fork_devices: list[torch.device]) -> str:
-    """``<name>: <budget> — estimated <t> for <k> samples (pilot ...)``: ``attack`` timed on
-    the first clean-correct samples of this process's first batch, inside a forked RNG, its
-    output discarded (so no result depends on it)."""
-    budget = describe_budget(config)
-    head = f"{name}: {budget}" if budget else name
-    if attacked == 0:
-        return f"{head} — nothing to attack (no sample is classified correctly)"
-    b, start, stop = first
-    idx = clean_mask[start:stop].nonzero().flatten()[:PILOT_SAMPLES]
-    if idx.numel() == 0:
-        return (f"{head} — {attacked} samples to attack; no estimate (no sample of the first "
-                "batch is classified correctly)")
-    x, y = src.get(start, stop)
-    x, y = x.to(dev, _float_dtype(model))[idx.to(dev)], y.to(dev).long()[idx.to(dev)]
-    try:
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(_batch_seed(seed, name, b))
-            _sync(dev)
-            t0 = time.perf_counter()
-            attack.perturb(model, x, y)
-            _sync(dev)
-            spent = time.perf_counter() - t0
-    except Exception as err:  # the run itself reports the attack's errors
-        return f"{head} — no estimate (the pilot failed: {type(err).__name__}: {err})"
-    k = int(idx.numel())
-    procs = f" on {world} processes" if world > 1 else ""
-    return (f"{head} — estimated {_duration(spent / k * attacked / world)} for {attacked} "
-            f"samples{procs} (pilot {_plural(k, 'sample')} in {spent:.2f} s)")
+def _time_pilot(run: _Run, attack: Attack, name: str, idx: Tensor) -> float:
+    """Seconds ``attack`` takes on the samples ``idx`` of this process's first batch, run
+    inside a forked RNG seeded as that batch, its output discarded (no result depends on it)."""
+    b, start, stop = run.mine[0]
+    x, y = run.src.get(start, stop)
+    x, y = x.to(run.dev, run.dtype)[idx.to(run.dev)], y.to(run.dev).long()[idx.to(run.dev)]
+    with torch.random.fork_rng(devices=run.fork_devices):
+        torch.manual_seed(_batch_seed(run.seed, name, b))
+        _sync(run.dev)
+        t0 = time.perf_counter()
+        attack.perturb(run.model, x, y)
+        _sync(run.dev)
+        return time.perf_counter() - t0
 
 
 def _run_attack(model: nn.Module, src: SampleSource, attack: Attack, name: str,
@@ -605,7 +477,9 @@ def _run_attack(model: nn.Module, src: SampleSource, attack: Attack, name: str,
                           n=total, seconds=done.seconds, attacked=done.attacked, beta=done.beta,
                           config=config)
     if save_adv is not None:
-        _save_adv(Path(save_adv), name, _gather(parts), result, seed)
+        parts = [p for rank_parts in _all_gather(parts) for p in rank_parts]
+        if _dist()[0] == 0:
+            save_adv_examples(Path(save_adv), name, parts, result, seed)
     return result, done.mask
 
 
@@ -617,82 +491,13 @@ def _float_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _result_fields(result: AttackResult) -> dict[str, Any]:
-    fields = asdict(result)
-    fields.pop("config")
-    return fields
-
-
-def _all_ranks(value: str) -> str:
-    """``value`` of every process joined in rank order (the value itself on one process)."""
+def _all_gather(value: Any) -> list[Any]:
+    """``value`` of every process, in rank order (``[value]`` on one process); a collective."""
     import torch.distributed as dist
 
     _, world = _dist()
     if world == 1:
-        return value
+        return [value]
     everything: list[Any] = [None] * world
     dist.all_gather_object(everything, value)
-    return "|".join(str(v) for v in everything)
-
-
-def _gather(parts: list[tuple[Tensor, Tensor, Tensor]]) -> list[tuple[Tensor, Tensor, Tensor]]:
-    import torch.distributed as dist
-
-    rank, world = _dist()
-    if world == 1:
-        return parts
-    everything: list[Any] = [None] * world
-    dist.all_gather_object(everything, parts)
-    return [p for rank_parts in everything for p in rank_parts]
-
-
-def _save_adv(folder: Path, name: str, parts: list[tuple[Tensor, Tensor, Tensor]],
-              result: AttackResult, seed: int) -> None:
-    rank, _ = _dist()
-    if rank != 0:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    x_adv = torch.cat([p[0] for p in parts])
-    y = torch.cat([p[1] for p in parts])
-    index = torch.cat([p[2] for p in parts])
-    order = torch.argsort(index)
-    torch.save({
-        "x_adv": x_adv[order], "y": y[order], "indices": index[order], "attack": name,
-        "adv_acc": result.adv_acc, "config": result.config, "seed": seed,
-    }, folder / f"{_safe_name(name)}.pt")
-
-
-def adv_path(folder: str | Path, attack_name: str) -> Path:
-    """Where :func:`evaluate` (``save_adv=folder``) writes an attack's adversarial examples."""
-    return Path(folder) / f"{_safe_name(attack_name)}.pt"
-
-
-def reevaluate(
-    model: nn.Module, path: str | Path, *, batch_size: int = 256,
-    device: str | torch.device | None = None,
-) -> float:
-    """Accuracy (percent) of ``model`` on saved adversarial examples (``evaluate(save_adv=...)``).
-
-    Reproduces the reported ``adv_acc`` of that attack for the same model (clean-misclassified
-    samples were saved as their clean image, so they count as errors here too).
-    """
-    from bnnrobust.evaluation.checkpoint import CheckpointError
-
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"reevaluate: {str(file)!r} does not exist.")
-    try:
-        blob = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file: one clear message
-        raise CheckpointError(f"reevaluate: {str(file)!r} is unreadable ({type(err).__name__}).") from None
-    if not isinstance(blob, dict) or not {"x_adv", "y"} <= set(blob):
-        raise ValueError(f"reevaluate: {str(file)!r} does not hold 'x_adv' and 'y'.")
-    dev = resolve_device(device)
-    x_adv, y = blob["x_adv"], blob["y"].long()
-    correct = 0
-    model = model.to(dev)
-    with eval_mode(model), torch.no_grad():
-        for s in range(0, y.shape[0], batch_size):
-            xb, yb = x_adv[s:s + batch_size].to(dev), y[s:s + batch_size].to(dev)
-            correct += int((model(xb).argmax(dim=-1) == yb).sum())
-    return 100.0 * correct / max(int(y.shape[0]), 1)
+    return everything

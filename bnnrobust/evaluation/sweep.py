@@ -83,22 +83,7 @@ def eps_sweep(
     from bnnrobust.attacks.factory import build_attack
 
     eps_values = _check_eps(eps_list)
-    if not attacks:
-        raise ValueError("eps_sweep: give at least one attack name or dict.")
-    specs: dict[str, str | dict[str, Any]] = {}
-    for spec in attacks:
-        built_once = build_attack(spec, dataset=dataset)
-        if "eps" not in built_once.describe():
-            raise ValueError(
-                f"eps_sweep: attack {built_once.name!r} has no eps budget (e.g. DeepFool is "
-                "unbounded), so it cannot be swept over eps; give eps-bounded attacks such as "
-                "'pgd', 'fgsm', 'apgd-ce' or 'square'."
-            )
-        name = built_once.name
-        key, i = name, 2
-        while key in specs:
-            key, i = f"{name}#{i}", i + 1
-        specs[key] = spec
+    specs = _sweep_specs(attacks, dataset)
     curves: dict[str, dict[str, Any]] = {
         k: {"adv_acc": [], "correct": [], "ci95": [], "seconds": [], "config": None} for k in specs
     }
@@ -141,12 +126,43 @@ def eps_sweep(
         "model": model_name if model_name else model_label(model),
         "attacks": curves, "non_monotone": non_monotone,
     }
+    _write_sweep(result, json_path, png_path)
+    return result
+
+
+def _sweep_specs(attacks: Sequence[str | dict[str, Any]],
+                 dataset: str | None) -> dict[str, str | dict[str, Any]]:
+    """``{curve name: attack spec}``: each spec built once to check it has an eps budget;
+    the attack's name, ``name#2``, ``name#3``, ... when several specs build the same name."""
+    from bnnrobust.attacks.factory import build_attack
+
+    if not attacks:
+        raise ValueError("eps_sweep: give at least one attack name or dict.")
+    specs: dict[str, str | dict[str, Any]] = {}
+    for spec in attacks:
+        built_once = build_attack(spec, dataset=dataset)
+        if "eps" not in built_once.describe():
+            raise ValueError(
+                f"eps_sweep: attack {built_once.name!r} has no eps budget (e.g. DeepFool is "
+                "unbounded), so it cannot be swept over eps; give eps-bounded attacks such as "
+                "'pgd', 'fgsm', 'apgd-ce' or 'square'."
+            )
+        name = built_once.name
+        key, i = name, 2
+        while key in specs:
+            key, i = f"{name}#{i}", i + 1
+        specs[key] = spec
+    return specs
+
+
+def _write_sweep(result: dict[str, Any], json_path: str | Path | None,
+                 png_path: str | Path | None) -> None:
+    """The sweep's JSON at ``json_path`` and its plot at ``png_path`` (each if given)."""
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
     if png_path is not None:
         plot_sweep(result, png_path)
-    return result
 
 
 _NORM_LABELS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
