@@ -83,8 +83,12 @@ def test_corrupt_and_truncated_files(tmp_path: Path, convnet_run: tuple[str, str
         load_system(truncated)
     not_lightning = tmp_path / "plain.ckpt"
     torch.save({"weights": torch.zeros(2)}, not_lightning)
-    with pytest.raises(CheckpointError, match="no 'state_dict'"):
+    with pytest.raises(CheckpointError, match="is a plain state_dict"):
         load_system(not_lightning)
+    other = tmp_path / "other.ckpt"
+    torch.save({"epoch": 3, "weights": torch.zeros(2)}, other)  # not only tensors
+    with pytest.raises(CheckpointError, match="no 'state_dict'"):
+        load_system(other)
 
 
 class _Evil:
