@@ -87,19 +87,9 @@ def njs_temperature(
     return 1.0 / mu
 
 
-def calibrate_njs(
-    model: nn.Module,
-    x_ref: Tensor,
-    n_jsv: int = 100,
-    *,
-    chunk_size: int = 32,
-    jacobian_space: str = "normalized",
-) -> float:
-    """NJS's β1 for ``model`` on the clean reference samples ``x_ref[:n_jsv]``: the one
-    function the evaluation runner, the adversarial trainer, the robustness monitor and
-    ``NJS.calibrate`` use. Same arguments and value as :func:`njs_temperature`."""
-    return njs_temperature(model, x_ref, n_jsv, chunk_size=chunk_size,
-                           jacobian_space=jacobian_space)
+#: NJS's β1 for a model on clean reference samples: the name under which the evaluation runner,
+#: the adversarial trainer and ``NJS.calibrate`` call :func:`njs_temperature` (same function).
+calibrate_njs = njs_temperature
 
 
 def njs_bound(d: int, rho: float) -> float:
