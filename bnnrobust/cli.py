@@ -40,6 +40,7 @@ from bnnrobust.safe_loading import (
     is_remote,
 )
 from bnnrobust.systems.classifier import ImageClassifier
+from bnnrobust.validation import unwritable_reason
 from callbacks.last_checkpoint import LastCheckpoint
 
 DEFAULT_LOG_DIR = "logs"
@@ -332,16 +333,12 @@ def _check_checkpoint_args(cfg: Any) -> None:
 
 
 def _check_writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
+    reason = unwritable_reason(path)
+    if reason is not None:
         raise SystemExit(
-            f"error: the log directory {str(path)!r} is not writable ({err.strerror}). "
+            f"error: the log directory {str(path)!r} is not writable ({reason}). "
             "Choose another with --log_dir PATH."
-        ) from None
+        )
 
 
 #: ``bnnrobust <command>`` besides LightningCLI's: parsed by their own parsers, not LightningCLI

@@ -6,11 +6,13 @@ message (e.g. ``"CLEVER "``)."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 __all__ = ["check_int", "check_number", "check_positive", "finite_number", "integer",
-           "positive_int", "positive_ints", "positive_numbers"]
+           "positive_int", "positive_ints", "positive_numbers", "unwritable_reason"]
 
 
 def _is_int(value: Any) -> bool:
@@ -86,3 +88,16 @@ def positive_numbers(name: str, values: Iterable[Any]) -> tuple[float, ...]:
     if not vals:
         raise ValueError(f"{name} must hold at least one positive number.")
     return vals
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why ``folder`` cannot hold output files (created if missing), or None when it can; a
+    probe file is written and removed."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".bnnrobust_write_test_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        return str(err.strerror or err)
+    return None

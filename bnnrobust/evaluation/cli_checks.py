@@ -8,11 +8,11 @@ the flag, exit code 2 (:func:`bnnrobust.evaluation.cli.main`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from bnnrobust.evaluation.cli_parser import EvalError, coerce_list
+from bnnrobust.validation import unwritable_reason
 
 __all__ = ["check_outputs", "check_request", "check_values"]
 
@@ -59,14 +59,10 @@ def check_outputs(out_json: Path, save_adv: str | None) -> None:
         if folder.exists() and not folder.is_dir():
             raise EvalError(f"{flag}: {str(folder)!r} exists and is not a folder; give another "
                             "path.")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".bnnrobust_write_test_{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as err:
-            raise EvalError(f"{flag}: cannot write to {str(folder)!r} ({err.strerror or err}); "
-                            "give a writable folder (--output PATH.json, --save_adv DIR).") from None
+        reason = unwritable_reason(folder)
+        if reason is not None:
+            raise EvalError(f"{flag}: cannot write to {str(folder)!r} ({reason}); "
+                            "give a writable folder (--output PATH.json, --save_adv DIR).")
     for path in (out_json, out_json.with_suffix(".md")):
         if path.is_dir():
             raise EvalError(f"--output: {str(path)!r} is a folder; give a file name such as "
