@@ -1,8 +1,8 @@
 """Library messages a bnnrobust user cannot act on, kept off the console of the commands.
 
 :func:`silence_library_noise` is called by the command-line entry points (train.py,
-evaluate.py, ``bnnrobust``/``python -m bnnrobust``), never on import, and not under
-``--debug``. It drops exactly these messages:
+evaluate.py, ``bnnrobust``/``python -m bnnrobust``, the quickstart, the reproduction, the
+masking study), never on import, and not under ``--debug``. It drops exactly these messages:
 
 * Lightning's deprecation warning about ``isinstance(treespec, LeafSpec)`` (raised inside
   Lightning's own code by newer torch versions);

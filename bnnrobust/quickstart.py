@@ -143,4 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
 
 if __name__ == "__main__":
+    from bnnrobust.noise import silence_library_noise
+
+    silence_library_noise()
     main()

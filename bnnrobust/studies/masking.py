@@ -351,4 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from bnnrobust.noise import silence_library_noise
+
+    silence_library_noise()
     raise SystemExit(main())
