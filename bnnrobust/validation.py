@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["check_int", "check_number", "check_positive", "finite_number", "integer",
-           "positive_int", "positive_ints", "positive_numbers", "unwritable_reason"]
+           "positive_int", "positive_ints", "positive_numbers", "unwritable_reason",
+           "check_pixel_images"]
 
 
 def _is_int(value: Any) -> bool:
@@ -101,3 +102,18 @@ def unwritable_reason(folder: Path) -> str | None:
     except OSError as err:
         return str(err.strerror or err)
     return None
+
+
+def check_pixel_images(x: Any, start: int) -> None:
+    """Evaluation images must be floating point in [0, 1] (normalization belongs inside the
+    model); ``start`` is the batch's first sample number, named in the error."""
+    if not x.is_floating_point():
+        raise TypeError(f"evaluate: images must be floating point in [0, 1], got dtype {x.dtype} "
+                        f"(batch starting at sample {start}).")
+    lo, hi = float(x.min()), float(x.max())
+    if not (0.0 <= lo and hi <= 1.0):
+        raise ValueError(
+            f"evaluate: images must lie in [0, 1] pixel units (normalization belongs inside the "
+            f"model), but the batch starting at sample {start} has values in [{lo:.4g}, {hi:.4g}]. "
+            "Remove any Normalize transform from the data pipeline."
+        )

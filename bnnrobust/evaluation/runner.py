@@ -61,6 +61,7 @@ from bnnrobust.evaluation.results import (
     result_from_fields,
     save_adv_examples,
 )
+from bnnrobust.validation import check_pixel_images
 
 __all__ = [
     "AttackResult",
@@ -167,19 +168,6 @@ class SampleSource:
         x = torch.stack([torch.as_tensor(it[0]) for it in items])
         y = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
         return x, y
-
-
-def _check_images(x: Tensor, start: int) -> None:
-    if not x.is_floating_point():
-        raise TypeError(f"evaluate: images must be floating point in [0, 1], got dtype {x.dtype} "
-                        f"(batch starting at sample {start}).")
-    lo, hi = float(x.min()), float(x.max())
-    if not (0.0 <= lo and hi <= 1.0):
-        raise ValueError(
-            f"evaluate: images must lie in [0, 1] pixel units (normalization belongs inside the "
-            f"model), but the batch starting at sample {start} has values in [{lo:.4g}, {hi:.4g}]. "
-            "Remove any Normalize transform from the data pipeline."
-        )
 
 
 def _batch_seed(seed: int, name: str, batch_index: int) -> int:
@@ -340,7 +328,7 @@ def _calibrate_njs(run: _Run, attacks: Mapping[str, Attack], n_calib: int) -> di
     """β1 of every NJS temperature of every attack, calibrated on the first ``n_calib`` clean
     samples: ``{attack name: [β1, ...]}`` (attacks without NJS are left out)."""
     x_cal, _ = run.src.get(0, min(n_calib, run.total))
-    _check_images(x_cal, 0)
+    check_pixel_images(x_cal, 0)
     x_cal = x_cal.to(run.dev, run.dtype)
     beta1: dict[str, list[float]] = {}
     for name in attacks:
@@ -357,7 +345,7 @@ def _clean_pass(run: _Run, num_classes: int | None) -> tuple[TallyResult, str]:
     digest = hashlib.sha256()
     for _, start, stop in run.mine:
         x, y = run.src.get(start, stop)
-        _check_images(x, start)
+        check_pixel_images(x, start)
         x = x.to(run.dtype)
         digest.update(x.detach().cpu().float().contiguous().numpy().tobytes())
         digest.update(y.detach().cpu().long().numpy().tobytes())
