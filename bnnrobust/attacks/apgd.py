@@ -50,7 +50,6 @@ from bnnrobust.attacks.base import (
     check_eps,
     check_labels,
     check_positive,
-    flat_norm,
 )
 from bnnrobust.attacks.losses import check_loss_name, per_sample_loss
 from bnnrobust.attacks.registry import register_attack
@@ -243,30 +242,6 @@ class APGD(Attack):
             d["n_target_classes"] = self.n_target_classes
         return d
 
-    # ------------------------------------------------------------------ geometry
-    def _project(self, x_new: Tensor, x: Tensor) -> Tensor:
-        """Project onto the eps ball around x, then onto [0, 1] (which stays in the ball)."""
-        if self.norm is Norm.LINF:
-            return torch.minimum(torch.maximum(x_new, x - self.eps), x + self.eps).clamp(0.0, 1.0)
-        delta = x_new - x
-        norm = flat_norm(delta)
-        factor = torch.clamp(self.eps / (norm + 1e-12), max=1.0)
-        return (x + delta * factor).clamp(0.0, 1.0)
-
-    def _random_start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        if self.norm is Norm.LINF:
-            t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
-            t = t / t.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        else:
-            t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            t = t / (flat_norm(t) + 1e-12)
-        return (x + self.eps * t).clamp(0.0, 1.0)
-
-    def _direction(self, grad: Tensor) -> Tensor:
-        if self.norm is Norm.LINF:
-            return grad.sign()
-        return grad / (flat_norm(grad) + 1e-12)
-
     # ------------------------------------------------------------------ one run
     def _loss_grad(
         self, model: nn.Module, x_adv: Tensor, y: Tensor, target: Tensor | None, state: Any
@@ -306,7 +281,7 @@ class APGD(Attack):
                          loss=torch.zeros(n, dtype=x.dtype, device=dev),
                          beta=torch.ones(n, dtype=x.dtype, device=dev))
 
-        x_adv = self._random_start(x, generator)
+        x_adv = self.norm.random_start(x, self.eps, generator, surface=True)
         state = None
         if temperature is not None:
             state = temperature.start(model, x_adv, y)
@@ -326,8 +301,9 @@ class APGD(Attack):
             with torch.no_grad():
                 a = 1.0 if i == 0 else 0.75
                 eta = w.step.view(view)
-                z = self._project(w.x_adv + eta * self._direction(w.grad), w.x)
-                x_new = self._project(w.x_adv + a * (z - w.x_adv) + (1 - a) * (w.x_adv - w.x_old), w.x)
+                z = self.norm.project(w.x_adv + eta * self.norm.direction(w.grad), w.x, self.eps)
+                x_new = self.norm.project(
+                    w.x_adv + a * (z - w.x_adv) + (1 - a) * (w.x_adv - w.x_old), w.x, self.eps)
                 w.x_old = w.x_adv
                 w.x_adv = x_new
             logits, loss, w.grad, w.beta = self._loss_grad(model, w.x_adv, w.y, w.target, state)

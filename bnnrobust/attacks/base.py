@@ -34,8 +34,23 @@ from torch import Tensor, nn
 from bnnrobust.validation import check_positive as check_positive  # re-exported
 
 
+def flat_norm(t: Tensor) -> Tensor:
+    """Per-sample L2 norm over all non-batch dims, shaped (B, 1, ..., 1) for broadcasting."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+#: the smallest norm an L2 step or projection divides by (a zero gradient stays zero)
+_TINY = 1e-30
+
+
 class Norm(StrEnum):
-    """Threat models: the norm that bounds the perturbation."""
+    """Threat models: the norm that bounds the perturbation, and its geometry.
+
+    The geometry every attack uses (PGD, FGSM, APGD): :meth:`project` onto the eps ball and
+    [0, 1], :meth:`random_start` inside the ball or on its surface, :meth:`direction` of
+    the steepest-ascent step. ``eps`` is in [0, 1] pixel units (a scalar, or a per-sample
+    tensor broadcastable to the images for the step).
+    """
 
     LINF = "linf"
     L2 = "l2"
@@ -48,10 +63,46 @@ class Norm(StrEnum):
             accepted = ", ".join(repr(n.value) for n in cls)
             raise ValueError(f"Unknown norm {value!r}; accepted: {accepted}.") from None
 
+    def project(self, x_new: Tensor, x: Tensor, eps: float) -> Tensor:
+        """``x_new`` projected onto the eps ball around ``x``, then clipped to [0, 1] (which
+        stays inside the ball); a new tensor."""
+        delta = x_new - x
+        if self is Norm.LINF:
+            delta = delta.clamp_(-eps, eps)
+        else:
+            n = flat_norm(delta)
+            delta = delta * torch.where(n > eps, eps / n.clamp_min(_TINY), 1.0)
+        return (x + delta).clamp_(0, 1)
 
-def flat_norm(t: Tensor) -> Tensor:
-    """Per-sample L2 norm over all non-batch dims, shaped (B, 1, ..., 1) for broadcasting."""
-    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
+    def direction(self, grad: Tensor) -> Tensor:
+        """The steepest-ascent direction of unit norm: ``sign(g)`` for L∞, ``g / ‖g‖₂`` for
+        L2 (per sample); a zero gradient gives a zero direction."""
+        if self is Norm.LINF:
+            return grad.sign()
+        return grad / flat_norm(grad).clamp_min(_TINY)
+
+    def random_start(self, x: Tensor, eps: float, generator: torch.Generator | None,
+                     surface: bool = False) -> Tensor:
+        """A random point of the eps ball around ``x``, clipped to [0, 1].
+
+        ``surface=False`` (PGD, as torchattacks): uniform in the L∞ cube; for L2 a uniform
+        direction at a radius uniform in [0, eps]. ``surface=True`` (APGD, as AutoAttack):
+        the same draws scaled onto the ball's surface (L∞: the largest coordinate at eps;
+        L2: radius eps).
+        """
+        dev, dt = x.device, x.dtype
+        if self is Norm.LINF:
+            t = 2 * torch.rand(x.shape, generator=generator, device=dev, dtype=dt) - 1
+            if surface:
+                t = t / t.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(
+                    -1, *([1] * (x.dim() - 1)))
+        else:
+            u = torch.randn(x.shape, generator=generator, device=dev, dtype=dt)
+            t = u / flat_norm(u).clamp_min(1e-12)
+            if not surface:
+                r = torch.rand(x.shape[:1], generator=generator, device=dev, dtype=dt)
+                t = t * r.view(-1, *([1] * (x.dim() - 1)))
+        return (x + eps * t).clamp_(0, 1)
 
 
 @dataclass

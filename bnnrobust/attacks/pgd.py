@@ -33,7 +33,6 @@ from bnnrobust.attacks.base import (
     Norm,
     check_eps,
     check_labels,
-    flat_norm,
 )
 from bnnrobust.attacks.losses import per_sample_loss
 from bnnrobust.attacks.registry import register_attack
@@ -128,35 +127,6 @@ class PGD(Attack):
             "seed": self.seed,
         }
 
-    # ------------------------------------------------------------------ geometry
-    def _random_start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        if self.norm is Norm.LINF:
-            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            delta = (2 * noise - 1) * self.eps
-        else:
-            u = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            r = torch.rand(x.shape[:1], generator=generator, device=x.device, dtype=x.dtype)
-            r = r.view(-1, *([1] * (x.dim() - 1)))
-            delta = u / flat_norm(u).clamp_min(1e-12) * r * self.eps
-        return (x + delta).clamp_(0, 1)
-
-    def _project(self, x_new: Tensor, x: Tensor) -> Tensor:
-        delta = x_new - x
-        if self.norm is Norm.LINF:
-            delta = delta.clamp_(-self.eps, self.eps)
-        else:
-            n = flat_norm(delta)
-            delta = delta * torch.where(n > self.eps, self.eps / n.clamp_min(1e-30), 1.0)
-        return (x + delta).clamp_(0, 1)
-
-    def _step(self, x_adv: Tensor, grad: Tensor, x: Tensor) -> Tensor:
-        """One ascent step and projection; updates ``x_adv`` (a detached iterate) in place."""
-        if self.norm is Norm.LINF:
-            delta = x_adv.add_(grad.sign_(), alpha=self.step_size).sub_(x)
-            return delta.clamp_(-self.eps, self.eps).add_(x).clamp_(0, 1)
-        x_new = x_adv.add_(grad / flat_norm(grad).clamp_min(1e-30), alpha=self.step_size)
-        return self._project(x_new, x)
-
     # ------------------------------------------------------------------ attack
     def _run(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None,
@@ -164,7 +134,8 @@ class PGD(Attack):
     ) -> tuple[Tensor, Tensor | None]:
         """One run (one restart) under ``t`` (this call's prepared temperature): returns the
         final iterate and the last step's β (or None)."""
-        x_adv = self._random_start(x, generator) if self.random_start else x.clone()
+        x_adv = (self.norm.random_start(x, self.eps, generator) if self.random_start
+                 else x.clone())
         state = t.start(model, x_adv, y) if t is not None else None
         beta = None
         for step in range(self.steps):
@@ -179,7 +150,8 @@ class PGD(Attack):
             (grad,) = torch.autograd.grad(loss, x_adv, allow_unused=True)
             if grad is None:  # the output does not depend on the input
                 grad = torch.zeros_like(x_adv)
-            x_adv = self._step(x_adv.detach(), grad, x)
+            x_adv = self.norm.project(
+                x_adv.detach() + self.step_size * self.norm.direction(grad), x, self.eps)
         return x_adv, beta
 
     def _perturb(
