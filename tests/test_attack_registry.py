@@ -320,3 +320,32 @@ def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         f"intro\n{TABLE_START}\n{attack_table_markdown()}{TABLE_END}\nrest\n"
     with pytest.raises(ValueError, match="No <!-- attack-table:start -->"):
         replace_attack_table("no markers")
+
+
+def test_describe_covers_every_constructor_argument() -> None:
+    """describe() is derived from the signature: every argument an attack keeps (except the
+    listed memory knobs) is in it, so a new argument cannot be left out of the description
+    that evaluation resume and reports compare."""
+    import inspect
+
+    from bnnrobust.attacks.temperature import make_temperature
+
+    seen = set()
+    for name in list_attacks():
+        atk = build_attack(name, "fmnist")
+        if type(atk) in seen or type(atk).__name__ == "Cascade":  # a composite: its members
+            continue
+        seen.add(type(atk))
+        desc = atk.describe()
+        kept = [p for p in inspect.signature(type(atk).__init__).parameters
+                if p != "self" and hasattr(atk, p) and p not in type(atk).describe_omit
+                and not (p == "n_target_classes" and desc.get("loss") in ("ce", "dlr"))]
+        assert kept and all(p in desc for p in kept), (name, kept, sorted(desc))
+    assert "rho" in build_attack("ta-apgd-ce", "fmnist").describe()  # changes the result
+    apgd = build_attack("apgd-ce++hns", "fmnist").describe()
+    assert apgd["temperature"] == make_temperature("hns").describe()  # as PGD describes it
+    assert "n_target_classes" not in apgd and "n_target_classes" in build_attack(
+        "apgd-t", "fmnist").describe()
+    njs = make_temperature({"name": "njs", "rho": 1e-5, "chunk_size": 4}).describe()
+    assert njs == {"name": "njs", "n_jsv": 100, "rho": 1e-5, "beta1": None,
+                   "jacobian_space": "normalized"}  # chunk_size: memory only

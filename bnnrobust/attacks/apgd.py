@@ -233,13 +233,8 @@ class APGD(Attack):
     # ------------------------------------------------------------------ public helpers
     def describe(self) -> dict[str, object]:
         d = super().describe()
-        d.update(
-            eps=self.eps, norm=self.norm.value, steps=self.steps, restarts=self.restarts,
-            loss=self.loss, rho=self.rho,
-            temperature=None if self.temperature is None else self.temperature.name,
-        )
-        if self.loss == "dlr_targeted":
-            d["n_target_classes"] = self.n_target_classes
+        if self.loss != "dlr_targeted":  # only the targeted loss uses target classes
+            d.pop("n_target_classes")
         return d
 
     # ------------------------------------------------------------------ one run

@@ -22,11 +22,13 @@ Every attack, through :meth:`Attack.perturb`:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +105,29 @@ class Norm(StrEnum):
                 r = torch.rand(x.shape[:1], generator=generator, device=dev, dtype=dt)
                 t = t * r.view(-1, *([1] * (x.dim() - 1)))
         return (x + eps * t).clamp_(0, 1)
+
+
+def described(value: object) -> object:
+    """``value`` as a JSON-ready description: enums as their value, attacks and temperatures
+    as their ``describe()``, modules as their class name, lists element by element."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [described(v) for v in value]
+    if isinstance(value, nn.Module):
+        return type(value).__name__
+    describe = getattr(value, "describe", None)
+    return describe() if callable(describe) else value
+
+
+def constructor_arguments(obj: object, omit: tuple[str, ...] = ()) -> dict[str, object]:
+    """Each parameter of ``type(obj).__init__`` that ``obj`` keeps as an attribute of the same
+    name (in signature order, :func:`described`), except those in ``omit``: what ``describe()``
+    reports, derived from the signature so that a new argument cannot be forgotten."""
+    params = inspect.signature(type(obj).__init__).parameters.values()
+    return {p.name: described(getattr(obj, p.name)) for p in params
+            if p.name != "self" and p.name not in omit and hasattr(obj, p.name)
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 @dataclass
@@ -275,9 +300,18 @@ class Attack(ABC):
     ) -> AttackOutput:
         """Attack a validated batch; the model is already in eval mode with grad enabled."""
 
+    #: constructor arguments ``describe()`` leaves out (none: every argument that changes
+    #: the result is part of the description)
+    describe_omit: ClassVar[tuple[str, ...]] = ()
+
     def describe(self) -> dict[str, object]:
-        """JSON-serializable description (name, eps, norm, steps, surrogate, ...)."""
-        return {"name": self.name, "surrogate": self.surrogate or "training", "seed": self.seed}
+        """JSON-serializable description: ``name``, every constructor argument the attack
+        keeps under its own name (:func:`constructor_arguments`; eps in [0, 1] pixel units),
+        ``surrogate`` (``"training"`` = the model's own backward) and ``seed``."""
+        d: dict[str, object] = {"name": self.name}
+        d.update(constructor_arguments(self, omit=self.describe_omit))
+        d.update(surrogate=self.surrogate or "training", seed=self.seed)
+        return d
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")

@@ -161,6 +161,7 @@ class Cascade(Attack):
         self._last: CascadeResult | None = None
 
     def describe(self) -> dict[str, object]:
+        # a composite: its members' descriptions, and the threat model they share (if one)
         d: dict[str, object] = {"name": self.name}
         if self.eps is not None and self.norm is not None:
             d.update(eps=self.eps, norm=self.norm.value)

@@ -138,10 +138,6 @@ class _EpsAttack(TorchattacksAttack):
     def _suffix(self) -> str:
         return "_l2" if self.norm is Norm.L2 else ""
 
-    def describe(self) -> dict[str, object]:
-        d = super().describe()
-        d.update(eps=self.eps, norm=self.norm.value)
-        return d
 
 
 class TorchattacksAPGD(_EpsAttack):
@@ -180,10 +176,6 @@ class TorchattacksAPGD(_EpsAttack):
                                  n_restarts=self.restarts, seed=seed, loss=self.loss,
                                  rho=self.rho)
 
-    def describe(self) -> dict[str, object]:
-        d = super().describe()
-        d.update(steps=self.steps, restarts=self.restarts, loss=self.loss)
-        return d
 
 
 class TorchattacksAPGDT(_EpsAttack):
@@ -222,10 +214,6 @@ class TorchattacksAPGDT(_EpsAttack):
                                   n_restarts=self.restarts, seed=seed, rho=self.rho,
                                   n_classes=n_t + 1)
 
-    def describe(self) -> dict[str, object]:
-        d = super().describe()
-        d.update(steps=self.steps, restarts=self.restarts, n_target_classes=self.n_target_classes)
-        return d
 
 
 class TorchattacksFAB(_EpsAttack):
@@ -275,11 +263,6 @@ class TorchattacksFAB(_EpsAttack):
         out.x_adv = torch.where(inside.view(-1, *([1] * (x.dim() - 1))), out.x_adv, x)
         return out
 
-    def describe(self) -> dict[str, object]:
-        d = super().describe()
-        d.update(steps=self.steps, restarts=self.restarts, n_target_classes=self.n_target_classes,
-                 targeted=self.targeted)
-        return d
 
 
 class Square(_EpsAttack):
@@ -321,10 +304,6 @@ class Square(_EpsAttack):
                                    n_queries=self.n_queries, n_restarts=self.restarts,
                                    p_init=self.p_init, loss="margin", seed=seed)
 
-    def describe(self) -> dict[str, object]:
-        d = super().describe()
-        d.update(n_queries=self.n_queries, p_init=self.p_init, restarts=self.restarts)
-        return d
 
 
 class DeepFool(TorchattacksAttack):
@@ -353,10 +332,6 @@ class DeepFool(TorchattacksAttack):
 
         return torchattacks.DeepFool(model, steps=self.steps, overshoot=self.overshoot)
 
-    def describe(self) -> dict[str, object]:
-        d = super().describe()
-        d.update(steps=self.steps, overshoot=self.overshoot)
-        return d
 
 
 # names of build_attack (bnnrobust.attacks.registry), in the order list_attacks() gives them

@@ -111,22 +111,6 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.name = attack_name(self._base_name, self.norm, self.loss, self.temperature)
 
-    # ------------------------------------------------------------------ public description
-    def describe(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "eps": self.eps,
-            "step_size": self.step_size,
-            "steps": self.steps,
-            "norm": self.norm.value,
-            "restarts": self.restarts,
-            "loss": self.loss,
-            "temperature": None if self.temperature is None else self.temperature.describe(),
-            "random_start": self.random_start,
-            "surrogate": self.surrogate or "training",
-            "seed": self.seed,
-        }
-
     # ------------------------------------------------------------------ attack
     def _run(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None,
@@ -230,9 +214,8 @@ class FGSM(PGD):
         )
 
     def describe(self) -> dict[str, object]:
-        desc = super().describe()
-        desc.pop("restarts")
-        return desc
+        # derived from FGSM's own signature (no steps, no restarts); FGSM is one step
+        return {**super().describe(), "steps": 1}
 
 
 # names of build_attack (bnnrobust.attacks.registry), in the order list_attacks() gives them

@@ -172,6 +172,7 @@ class OnlyWithSignActivations(Attack):
         self.name = f"{attack.name}[{attack.surrogate}]" if attack.surrogate else attack.name
 
     def describe(self) -> dict[str, object]:
+        # a wrapper: the inner attack's description, marked as conditional
         return {"name": self.name, "only_with_sign_activations": True,
                 "attack": self.attack.describe()}
 

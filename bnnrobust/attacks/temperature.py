@@ -45,12 +45,12 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from bnnrobust.attacks.base import Attack, check_positive
+from bnnrobust.attacks.base import Attack, check_positive, constructor_arguments
 from bnnrobust.attacks.hns import (
     hessian_norm,
     hns_beta_from_gram,
@@ -122,9 +122,16 @@ class Temperature(ABC):
         beta = state.beta.to(device=logits.device)
         return logits * beta.to(logits.dtype)[:, None], beta.detach()
 
+    #: the rule's name in ``describe()`` (None: :attr:`name`)
+    describe_name: ClassVar[str | None] = None
+    #: constructor arguments ``describe()`` leaves out: memory knobs that do not change β
+    describe_omit: ClassVar[tuple[str, ...]] = ("chunk_size",)
+
     def describe(self) -> dict[str, object]:
-        """JSON-serializable description."""
-        return {"name": self.name}
+        """JSON-serializable description: the name and every constructor argument the rule
+        keeps under its own name (:func:`~bnnrobust.attacks.base.constructor_arguments`)."""
+        return {"name": self.describe_name or self.name,
+                **constructor_arguments(self, omit=self.describe_omit)}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
@@ -133,6 +140,8 @@ class Temperature(ABC):
 
 class FixedTemperature(Temperature):
     """The same temperature ``beta > 0`` for every sample and step."""
+
+    describe_name = "fixed"
 
     def __init__(self, beta: float) -> None:
         if isinstance(beta, bool) or not isinstance(beta, int | float):
@@ -146,8 +155,6 @@ class FixedTemperature(Temperature):
     def start(self, model: nn.Module, x: Tensor, y: Tensor) -> TemperatureState:
         return TemperatureState(torch.full((x.shape[0],), self.beta, device=x.device))
 
-    def describe(self) -> dict[str, object]:
-        return {"name": "fixed", "beta": self.beta}
 
 
 # ----------------------------------------------------------------------------- NJS
@@ -180,6 +187,7 @@ class NJS(Temperature):
     """
 
     name = "njs"
+    describe_name = "njs"  # the variant (rho, pixel space) is in the described arguments
 
     def __init__(
         self,
@@ -241,9 +249,6 @@ class NJS(Temperature):
         beta2 = njs_beta2(z, y, self.rho)
         return z * beta2.to(z.dtype)[:, None], (beta1 * beta2.to(beta1.dtype)).detach()
 
-    def describe(self) -> dict[str, object]:
-        return {"name": "njs", "n_jsv": self.n_jsv, "rho": self.rho,
-                "jacobian_space": self.jacobian_space, "beta1": self.beta1}
 
 
 def njs_temperatures(attack: Any, model: nn.Module) -> list[tuple[NJS, nn.Module]]:
@@ -295,9 +300,6 @@ class HNS(Temperature):
                                                 self.chunk_size)
         return TemperatureState(beta.to(torch.float32), {"hns_fallback": fallback})
 
-    def describe(self) -> dict[str, object]:
-        return {"name": self.name, "n_grid": self.n_grid, "eps_min": self.eps_min}
-
 
 # ----------------------------------------------------------------------------- Prop. 1
 
@@ -314,6 +316,8 @@ class Prop1Temperature(Temperature):
     Args:
         rho: the bound on ``1 − p_y``, ``0 < ρ < (d−1)/d`` (the paper sweeps 1e-15 … 0.5).
     """
+
+    describe_name = "prop1"
 
     def __init__(self, rho: float = 0.01) -> None:
         if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0.0 < rho < 1.0:
@@ -332,8 +336,6 @@ class Prop1Temperature(Temperature):
             beta = prop1_beta(zf, self.rho, zf.argmax(dim=1) == y.to(zf.device).long())
         return logits * beta.to(logits.dtype)[:, None], beta.detach()
 
-    def describe(self) -> dict[str, object]:
-        return {"name": "prop1", "rho": self.rho}
 
 
 _NAMED: dict[str, type[Temperature]] = {"njs": NJS, "hns": HNS, "prop1": Prop1Temperature}

@@ -53,6 +53,7 @@ class TransferAttack(Attack):
         self.name = f"transfer({attack.name})"
 
     def describe(self) -> dict[str, object]:
+        # a wrapper: the inner attack's description and its budget, and the source model
         inner = self.attack.describe()
         d: dict[str, object] = {"name": self.name}
         d.update({k: inner[k] for k in ("eps", "norm", "steps") if k in inner})
