@@ -335,6 +335,12 @@ def _normalize_hint(state: Mapping[str, torch.Tensor]) -> str:
             std = [round(v, 6) for v in cand["0.std"].flatten().tolist()]
             return (f" The weights hold a Normalize in front (keys 0.mean, 0.std): add "
                     f"--normalize '{{mean: {mean}, std: {std}}}'.")
+        if cand and "normalize.mean" in cand and "normalize.std" in cand:
+            mean = [round(v, 6) for v in cand["normalize.mean"].flatten().tolist()]
+            std = [round(v, 6) for v in cand["normalize.std"].flatten().tolist()]
+            return (f" The weights hold the network's own Normalize (keys normalize.mean, "
+                    f"normalize.std, the layout of bnnrobust's models): add mean: {mean} and "
+                    f"std: {std} to --model_args.")
     return ""
 
 

@@ -7,7 +7,8 @@ Checkpoints written by ``train.py`` / ``python -m bnnrobust fit`` (LightningCLI)
   included), plus ``_class_path`` (the system class) and ``_instantiator``
   (``lightning.pytorch.cli.instantiate_module``, which builds nested ``class_path`` dicts);
 * ``datamodule_hyper_parameters``: the data module's init arguments, with the same two keys;
-* ``state_dict``: the system's weights (``model.0.mean`` ... when a ``Normalize`` is in front).
+* ``state_dict``: the system's weights (a zoo network's ``model.normalize.mean`` ... when it
+  normalizes; files of the older ``model.0.mean``, ``model.1.*`` layout are renamed on load).
 
 :func:`load_system` reads the file once with ``torch.load(weights_only=True)`` (no pickled
 code is ever executed), rebuilds both objects with Lightning's own instantiator and loads
@@ -215,7 +216,10 @@ def check_same_network(recorded: Any, built: Any, ckpt_path: Path, config: str |
 
 def _load_weights(system: nn.Module, state_dict: dict[str, Any], ckpt_path: Path,
                   source: str) -> None:
+    from bnnrobust.models.normalize import upgrade_layout
+
     check_finite_weights(state_dict, f"Checkpoint {str(ckpt_path)!r}")
+    state_dict = upgrade_layout(system, state_dict)  # older Sequential(Normalize, net) files
     own = system.state_dict()
     missing = sorted(k for k in own if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in own)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from bnnrobust.binarize import Binarizer
 from bnnrobust.models.common import LayerFactory, check_common_args, make_input_normalize
+from bnnrobust.models.normalize import migrate_wrapped_layout
 
 __all__ = ["BaseNet"]
 
@@ -40,6 +41,8 @@ class BaseNet(nn.Module):
         name = type(self).__name__
         check_common_args(name, num_classes, in_channels, width)
         self.normalize = make_input_normalize(name, in_channels, mean, std)
+        # checkpoints of the older Sequential(Normalize, net) layout load into this one
+        self.register_load_state_dict_pre_hook(migrate_wrapped_layout)
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.width = float(width)

@@ -22,6 +22,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from bnnrobust.attacks.base import check_logits
+from bnnrobust.models.normalize import with_input_normalization
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -39,8 +40,9 @@ class ImageClassifier(L.LightningModule):
         lr_scheduler: LR scheduler factory, or None.
         scheduler_interval: step the scheduler every ``"epoch"`` or every optimizer ``"step"``
             (the paper's milestones are in steps).
-        mean: per-channel mean of the data; with ``std``, a ``Normalize`` layer is put in
-            front of ``model`` (linked from the data module by the CLI).
+        mean: per-channel mean of the data; with ``std``, a ``Normalize`` is put in
+            front of ``model`` (linked from the data module by the CLI; a zoo network gets it
+            in its own ``normalize`` module, see ``with_input_normalization``).
         std: per-channel standard deviation, see ``mean``.
         num_classes: number of classes (linked from the data module); read from the logits if None.
         test_attacks: attacks run on every test batch, logged as ``test/<name>_acc``: names
@@ -71,7 +73,7 @@ class ImageClassifier(L.LightningModule):
             del self.hparams["model"]
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}.")
-        self.model = self._with_normalization(model, mean, std)
+        self.model = with_input_normalization(model, mean, std)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
@@ -90,17 +92,6 @@ class ImageClassifier(L.LightningModule):
         )
 
     # -- construction helpers ---------------------------------------------------------------
-    @staticmethod
-    def _with_normalization(model: nn.Module, mean: Sequence[float] | None,
-                            std: Sequence[float] | None) -> nn.Module:
-        if (mean is None) != (std is None):
-            raise ValueError(f"Give both mean and std or neither, got mean={mean!r}, std={std!r}.")
-        if mean is None or std is None:  # both None (checked above)
-            return model
-        from bnnrobust.models.normalize import Normalize
-
-        return nn.Sequential(Normalize(mean, std), model)
-
     def _build_attacks(self, specs: Sequence[str | dict[str, Any]]) -> list:
         if not specs:
             return []
