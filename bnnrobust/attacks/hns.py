@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from bnnrobust.attacks.base import check_labels, eval_mode
 from bnnrobust.attacks.jacobian import gram_from_jacobian, input_jacobian_and_logits
-from bnnrobust.attacks.njs import check_count
+from bnnrobust.validation import positive_int
 
 __all__ = [
     "hessian_norm",
@@ -159,7 +159,7 @@ def hns_beta_from_gram(
 
     Fully vectorized over batch and grid (memory O(B · n_grid · d)).
     """
-    check_count("n_grid", n_grid)
+    positive_int("n_grid", n_grid)
     if n_grid < 3:
         raise ValueError(f"HNS n_grid must be >= 3 (edges fall back to beta=1), got {n_grid}.")
     z = logits.detach().double()

@@ -27,22 +27,15 @@ from bnnrobust.attacks.jacobian import (
     singular_values_from_gram,
     to_jacobian_space,
 )
+from bnnrobust.validation import positive_int
 
 __all__ = [
     "calibrate_njs",
-    "check_count",
     "njs_beta2",
     "njs_bound",
     "njs_temperature",
     "prop1_beta",
 ]
-
-
-def check_count(name: str, value: int) -> int:
-    """``value`` if it is an integer >= 1 (not a bool), else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    return value
 
 
 def njs_temperature(
@@ -62,7 +55,7 @@ def njs_temperature(
     All ``min(d, N)`` singular values of every sample are averaged. A model whose Jacobian is
     zero everywhere on ``x_ref`` gives β1 = 1 (with a warning): no scaling can help it.
     """
-    check_count("n_jsv", n_jsv)
+    positive_int("n_jsv", n_jsv)
     check_jacobian_space(jacobian_space)
     if x_ref.shape[0] == 0:
         raise ValueError("njs_temperature needs at least one reference sample, got an empty batch.")

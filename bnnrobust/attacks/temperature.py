@@ -61,12 +61,12 @@ from bnnrobust.attacks.hns import hns_grid as hns_grid  # re-exported
 from bnnrobust.attacks.jacobian import check_jacobian_space
 from bnnrobust.attacks.njs import (
     calibrate_njs,
-    check_count,
     njs_beta2,
     njs_temperature,
     prop1_beta,
 )
 from bnnrobust.attacks.njs import njs_bound as njs_bound  # re-exported
+from bnnrobust.validation import positive_int
 
 __all__ = [
     "HNS",
@@ -198,7 +198,7 @@ class NJS(Temperature):
         chunk_size: int = 32,
         jacobian_space: str = "normalized",
     ) -> None:
-        self.n_jsv = check_count("n_jsv", n_jsv)
+        self.n_jsv = positive_int("n_jsv", n_jsv)
         self.jacobian_space = check_jacobian_space(jacobian_space)
         if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0.0 < rho < 0.5:
             raise ValueError(f"NJS rho must be a number in (0, 0.5), got {rho!r}.")
@@ -208,7 +208,7 @@ class NJS(Temperature):
         self.name = "njs" if self.rho == 0.01 else f"njs_rho{self.rho:g}"
         if self.jacobian_space == "pixel":
             self.name += "_pixel"
-        self.chunk_size = check_count("chunk_size", chunk_size)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
         self.beta1: float | None = None if beta1 is None else _check_beta1(beta1)
 
     def calibrate(self, model: nn.Module, x_ref: Tensor) -> float:
@@ -287,13 +287,13 @@ class HNS(Temperature):
     name = "hns"
 
     def __init__(self, n_grid: int = 100, eps_min: float = 1e-72, *, chunk_size: int = 32) -> None:
-        self.n_grid = check_count("n_grid", n_grid)
+        self.n_grid = positive_int("n_grid", n_grid)
         if self.n_grid < 3:
             raise ValueError(f"HNS n_grid must be >= 3, got {n_grid}.")
         if not isinstance(eps_min, int | float) or not 0.0 < eps_min < 0.49:
             raise ValueError(f"HNS eps_min must be a number in (0, 0.49), got {eps_min!r}.")
         self.eps_min = float(eps_min)
-        self.chunk_size = check_count("chunk_size", chunk_size)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
 
     def start(self, model: nn.Module, x: Tensor, y: Tensor) -> TemperatureState:
         beta, fallback = hns_beta_with_fallback(model, x, y, self.n_grid, self.eps_min,

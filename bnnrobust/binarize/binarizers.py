@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from bnnrobust.binarize.functions import ClippedSTESign, IdentitySTESign, TanhSTE
+from bnnrobust.validation import finite_number
 
 __all__ = [
     "Binarizer",
@@ -137,8 +138,8 @@ class _TanhBinarizer(Binarizer):
         max_scale: float = 1e35,
     ) -> None:
         super().__init__()
-        _check_positive("tanh_scale_start", tanh_scale_start, self.name)
-        _check_positive("max_scale", max_scale, self.name)
+        finite_number(f"Binarizer {self.name!r}: tanh_scale_start", tanh_scale_start)
+        finite_number(f"Binarizer {self.name!r}: max_scale", max_scale)
         if not (math.isfinite(growth) and growth >= 1.0):
             raise ValueError(
                 f"Binarizer {self.name!r}: growth must be a finite number >= 1, got {growth!r}."
@@ -246,11 +247,6 @@ _ALIASES = {
     "bnn_wq": "md_tanh_s",
     "bnn_waq": "hubara",
 }
-
-
-def _check_positive(arg: str, value: float, name: str) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"Binarizer {name!r}: {arg} must be a finite number > 0, got {value!r}.")
 
 
 def _accepted_args(cls: type[Binarizer]) -> list[str]:
