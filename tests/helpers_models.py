@@ -6,6 +6,9 @@ repository root on ``sys.path``.
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import Tensor, nn
 
 
@@ -31,6 +34,31 @@ class TinyNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+def tiny_mlp(centred: bool = False) -> nn.Module:
+    """Flatten → Linear(16, 12) → ReLU → Linear(12, 4) on (1, 4, 4) images, seed 0; ``centred``
+    scales the first layer by 8 and centres it on the grey image, so that its predictions vary
+    with the input (all four classes on random images)."""
+    torch.manual_seed(0)
+    first, last = nn.Linear(16, 12), nn.Linear(12, 4)
+    if centred:
+        with torch.no_grad():
+            first.weight.mul_(8)
+            first.bias.copy_(-0.5 * first.weight.sum(1))
+            last.bias.zero_()
+    return nn.Sequential(nn.Flatten(), first, nn.ReLU(), last)
+
+
+def result_numbers(res: Any) -> dict[str, Any]:
+    """An evaluation result's ``to_dict()`` without wall-clock times and bookkeeping keys
+    (``dataset``, ``resumed``): what two runs of the same evaluation must agree on."""
+    d = res.to_dict()
+    for key in ("seconds", "dataset", "resumed"):
+        d.pop(key, None)
+    for a in d["attacks"].values():
+        a.pop("seconds")
+    return d
 
 
 def write_train_config(folder: str, *, network: str = "tiny", hidden: int = 32,

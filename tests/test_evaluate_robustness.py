@@ -20,6 +20,7 @@ from bnnrobust.attacks.presets import preset_attacks
 from bnnrobust.evaluation import RobustnessResult, evaluate, evaluate_robustness
 from bnnrobust.evaluation.runner import describe_budget
 from bnnrobust.metrics.intervals import wilson_interval_percent
+from tests.helpers_models import result_numbers, tiny_mlp
 
 SPECS: list[Any] = [{"name": "pgd", "steps": 3, "label": "pgd3"},
                     {"name": "pgd++hns", "steps": 3}, "fgsm"]
@@ -28,13 +29,7 @@ NAMES = ["pgd3", "pgd++hns", "fgsm"]
 
 def _model() -> nn.Module:
     """A tiny MLP whose predictions vary with the input (all four classes on _data)."""
-    torch.manual_seed(0)
-    first, last = nn.Linear(16, 12), nn.Linear(12, 4)
-    with torch.no_grad():
-        first.weight.mul_(8)
-        first.bias.copy_(-0.5 * first.weight.sum(1))  # centred on the grey image
-        last.bias.zero_()
-    return nn.Sequential(nn.Flatten(), first, nn.ReLU(), last).eval()
+    return tiny_mlp(centred=True).eval()
 
 
 def _mask(mask: Tensor | None) -> Tensor:
@@ -51,16 +46,6 @@ def _data(model: nn.Module, n: int = 40) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def _numbers(res: Any) -> dict[str, Any]:
-    """to_dict without wall-clock times and the API's dataset key."""
-    d = res.to_dict()
-    d.pop("seconds")
-    d.pop("dataset", None)
-    for a in d["attacks"].values():
-        a.pop("seconds")
-    return d
-
-
 def _attacks() -> dict[str, Any]:
     return {name: build_attack(spec, "synthetic") for name, spec in zip(NAMES, SPECS, strict=True)}
 
@@ -74,7 +59,7 @@ def test_log_lines_and_numbers_equal_evaluate(capsys: pytest.CaptureFixture) -> 
     out = capsys.readouterr().out.splitlines()
     ref = evaluate(model, (x, y), _attacks(), seed=0, batch_size=16, progress=False)
     assert isinstance(res, RobustnessResult)
-    assert _numbers(res) == _numbers(ref)
+    assert result_numbers(res) == result_numbers(ref)
     assert out[0] == f"clean accuracy: {ref.clean_acc:.2f} %"
     worst = _mask(ref.clean_mask).clone()
     for line, name in zip(out[1:4], NAMES, strict=True):
@@ -96,7 +81,7 @@ def test_dataloader_dataset_and_tensors_agree_and_the_robust_mask_is_the_worst_c
     a = evaluate_robustness(model, (x, y), SPECS, **kw)
     b = evaluate_robustness(model, DataLoader(TensorDataset(x, y), batch_size=16), SPECS, **kw)
     c = evaluate_robustness(model, TensorDataset(x, y), SPECS, **kw)
-    assert _numbers(a) == _numbers(b) == _numbers(c)
+    assert result_numbers(a) == result_numbers(b) == result_numbers(c)
     for r in (a, b, c):
         assert r.robust_mask is not None and r.robust_mask.shape == (40,)
         assert 100.0 * r.robust_mask.float().mean().item() == pytest.approx(r.worst_case_acc)
@@ -117,7 +102,7 @@ def test_presets_single_names_and_attack_dicts() -> None:
     given = evaluate_robustness(model, (x, y), {"fgsm": build_attack("fgsm", "synthetic")},
                                 "synthetic", log=False)
     assert list(one.attacks) == list(given.attacks) == ["fgsm"]
-    assert _numbers(one) == _numbers(given)  # same attack, name and seed: same random starts
+    assert result_numbers(one) == result_numbers(given)  # same attack, name and seed: same random starts
     other = evaluate_robustness(model, (x, y), {"mine": FGSM(eps=0.1)}, "synthetic", log=False)
     assert list(other.attacks) == ["mine"]
 
@@ -185,7 +170,7 @@ def test_pilot_prints_an_estimate_per_attack_and_changes_no_result(
     loud = evaluate(model, (x, y), _random_start_attacks(), seed=3, batch_size=16, progress=True)
     assert torch.equal(torch.get_rng_state(), before)
     err = capsys.readouterr().err
-    assert _numbers(loud) == _numbers(quiet)
+    assert result_numbers(loud) == result_numbers(quiet)
     assert torch.equal(_mask(loud.clean_mask), _mask(quiet.clean_mask))
     for name in quiet.attacks:
         assert torch.equal(loud.masks[name], quiet.masks[name])

@@ -15,6 +15,7 @@ from bnnrobust.attacks import FGSM, PGD
 from bnnrobust.attacks.base import Attack, AttackOutput
 from bnnrobust.evaluation import evaluate
 from bnnrobust.evaluation.accounting import SampleTally
+from tests.helpers_models import result_numbers, tiny_mlp
 
 
 class Counting(Attack):
@@ -37,8 +38,7 @@ class Counting(Attack):
 
 
 def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+    return tiny_mlp()
 
 
 def _data() -> tuple[Tensor, Tensor]:
@@ -51,15 +51,6 @@ def _attacks(fail_at: int | None = None) -> dict[str, Any]:
             "pgd": Counting(PGD(eps=0.1, step_size=0.03, steps=3)),
             "pgd++njs": Counting(PGD(eps=0.1, step_size=0.03, steps=3, temperature="njs"),
                                  fail_at=fail_at)}
-
-
-def _numbers(res: Any) -> dict[str, Any]:
-    d = res.to_dict()
-    d.pop("seconds")
-    d.pop("resumed", None)
-    for a in d["attacks"].values():
-        a.pop("seconds")
-    return d
 
 
 def test_an_interrupted_evaluation_keeps_finished_attacks_and_resumes(tmp_path: Path) -> None:
@@ -78,7 +69,7 @@ def test_an_interrupted_evaluation_keeps_finished_attacks_and_resumes(tmp_path: 
     assert again["fgsm"].calls == 0 and again["pgd"].calls == 0  # taken from the file
     assert again["pgd++njs"].calls == 3  # 40 samples, batches of 16
     assert res.extra["resumed"] == ["fgsm", "pgd"]
-    assert _numbers(res) == _numbers(full)
+    assert result_numbers(res) == result_numbers(full)
     for name in full.masks:
         assert torch.equal(res.masks[name], full.masks[name])
 
