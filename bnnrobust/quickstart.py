@@ -40,13 +40,18 @@ def comparison_table(results: dict[str, dict[str, float]]) -> str:
 #: PGD++ accuracy and at least ``SHOWN_POINTS`` points above it
 SHOWN_RATIO, SHOWN_POINTS = 2.0, 3.0
 
-#: the float REF trains briefly (its PGD and PGD++ agree at any length, see the study);
-#: on Fashion-MNIST also on a 20k-image subset
-REF_OVERRIDES = ["--trainer.max_epochs", "1"]
-REF_FMNIST_OVERRIDES = ["--data.init_args.train_subset", "20000"]
-
 #: zoo networks of ``--pretrained``: label -> zoo name
 PRETRAINED = {"float REF": "fmnist_ref", "BNN-WQ (BC, hidden FC 256)": "fmnist_bnn_wq_bc_hidden"}
+
+
+def shows_fake_robustness(metrics: dict[str, float]) -> bool:
+    """PGD's accuracy (fraction) at least ``SHOWN_RATIO`` times the best PGD++ accuracy and
+    ``SHOWN_POINTS`` points above it."""
+    pgd = metrics.get("test/pgd_acc")
+    plus = [metrics[k] for k in ("test/pgd++njs_acc", "test/pgd++hns_acc") if k in metrics]
+    if pgd is None or not plus:
+        return False
+    return 100 * (pgd - min(plus)) >= SHOWN_POINTS and pgd >= SHOWN_RATIO * min(plus)
 
 
 def conclusion(results: dict[str, dict[str, float]]) -> str:
@@ -62,7 +67,7 @@ def conclusion(results: dict[str, dict[str, float]]) -> str:
         best = min(plus)
         gap = 100 * (pgd - best)
         nums = f"PGD {100 * pgd:.1f} %, best PGD++ {100 * best:.1f} %"
-        if gap >= SHOWN_POINTS and pgd >= SHOWN_RATIO * best:
+        if shows_fake_robustness(m):
             lines.append(f"{name}: fake robustness shown: PGD++ lowers adversarial accuracy by "
                          f"{gap:.1f} points ({nums}, {pgd / max(best, 1e-12):.1f}x): that part of "
                          "PGD's robustness was vanishing gradients, not robustness.")
@@ -117,10 +122,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args, extra = parser.parse_known_args(argv)
     results: dict[str, dict[str, float]] = {}
     start = time.perf_counter()
-    data_cls = str((yaml.safe_load(Path(args.config).read_text()) or {}).get("data", {})
-                   .get("class_path", ""))
-    ref_overrides = REF_OVERRIDES + (REF_FMNIST_OVERRIDES if data_cls.endswith("FashionMNISTDataModule")
-                                     else [])
     if args.pretrained:
         results = evaluate_pretrained(args.config, PRETRAINED)
     for binarizer in [] if args.pretrained else args.binarizers:
@@ -130,12 +131,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             "--config", args.config,
             "--model.init_args.model.init_args.binarizer", binarizer,
             "--run_name", run, "--log_dir", args.log_dir,
-            *(ref_overrides if binarizer == "none" else []), *extra,
+            *extra,
         ])
     print(f"\n[quickstart] adversarial accuracy (%), lower = stronger attack "
           f"({time.perf_counter() - start:.0f} s in all):\n")
     print(comparison_table(results))
     print("\n" + conclusion(results))
+    bnns = [m for name, m in results.items() if name != LABELS["none"]]
+    if not args.pretrained and bnns and not any(shows_fake_robustness(m) for m in bnns):
+        print(f"Not the {SHOWN_RATIO:g}x and {SHOWN_POINTS:g} points of a clear demonstration: "
+              "after one epoch the BNN is short of the regime where most of its gradients "
+              "vanish, and the gap varies from seed to seed (docs/masking_study.md). "
+              "`--pretrained` evaluates the zoo's BNN, trained five epochs by train.py.")
     if not args.pretrained:
         print(f"TensorBoard (robust/ tags: per-epoch PGD, PGD++, Jacobian singular values): "
               f".venv/bin/tensorboard --logdir {args.log_dir}")

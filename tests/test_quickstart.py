@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bnnrobust.quickstart import comparison_table, conclusion, main
+from bnnrobust.quickstart import comparison_table, conclusion, main, shows_fake_robustness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,6 +21,16 @@ def test_conclusion_is_computed_from_the_numbers() -> None:
     close = {"REF": {"test/pgd_acc": 0.038, "test/pgd++njs_acc": 0.032}}
     assert "PGD++ is within 0.6 points of PGD (PGD 3.8 %, best PGD++ 3.2 %)" in conclusion(close)
     assert conclusion({"X": {"test/clean_acc": 0.5}}) == ""
+
+
+def test_the_demonstration_criterion_needs_both_ratio_and_points() -> None:
+    def m(pgd: float, best: float) -> dict[str, float]:
+        return {"test/pgd_acc": pgd, "test/pgd++njs_acc": best, "test/pgd++hns_acc": best + 0.01}
+
+    assert shows_fake_robustness(m(0.110, 0.052))  # 2.1x, 5.8 points
+    assert not shows_fake_robustness(m(0.160, 0.100))  # 6 points but 1.6x
+    assert not shows_fake_robustness(m(0.040, 0.015))  # 2.7x but 2.5 points
+    assert not shows_fake_robustness({"test/pgd_acc": 0.5})  # no PGD++ row
 
 
 def test_table_puts_clean_first_and_marks_missing() -> None:
@@ -61,4 +71,7 @@ def test_quickstart_trains_ref_and_bnn_and_prints_the_comparison(
         assert "test/pgd++njs_acc" in metrics
     out = capsys.readouterr().out
     assert "| float REF |" in out and "| BNN-WQ (BC) |" in out
+    shown = shows_fake_robustness(results["BNN-WQ (BC)"])
+    assert ("BNN-WQ (BC): fake robustness shown" in out) is shown
+    assert ("Not the 2x and 3 points of a clear demonstration" in out) is not shown
     assert (tmp_path / "logs" / "quickstart_bc" / "version_0" / "checkpoints" / "last.ckpt").is_file()
