@@ -328,3 +328,66 @@ def test_clever_findings_are_computed_from_the_scores() -> None:
     assert "0.8585" in found[0].paper and "-50.0 %" not in found[0].ours
     assert "+50.0 %" in found[0].ours
     assert R.clever_findings(None) == []
+
+
+def test_an_interrupted_evaluation_stage_resumes_at_its_first_unfinished_attack(
+        quick_run: tuple[Path, dict[str, Any], bool], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from bnnrobust.attacks.base import Attack, AttackOutput
+    from bnnrobust.reproduce import suite
+
+    src, _, synthetic = quick_run
+    out = tmp_path / "fmnist"
+    shutil.copytree(src, out)  # the module's run stays as it is for the other tests
+    ctx = R.Context(out, R.Settings.quick(synthetic), out / "results.md", False)
+    # the toy networks classify few samples; attacks only run on clean-correct ones
+    spec = max((m for m in R.MODELS if not m.adversarial),
+               key=lambda m: json.loads((out / f"eval_{m.key}.json").read_text())["clean_acc"])
+    assert json.loads((out / f"eval_{spec.key}.json").read_text())["clean_acc"] > 0
+    stage = next(st for st in R.plan_stages(ctx) if st.key == f"eval/{spec.key}")
+    calls: list[str] = []
+
+    class Wrapped(Attack):
+        def __init__(self, inner: Attack, fail: bool) -> None:
+            super().__init__(surrogate=None, seed=None)
+            self.inner, self.fail, self.name = inner, fail, inner.name
+
+        def describe(self) -> dict[str, object]:
+            return self.inner.describe()
+
+        def perturb(self, model: Any, x: Any, y: Any) -> AttackOutput:
+            calls.append(self.name)
+            if self.fail:
+                raise RuntimeError("the machine went away")
+            return self.inner.perturb(model, x, y)
+
+        def _perturb(self, model: Any, x: Any, y: Any, generator: Any) -> AttackOutput:
+            raise AssertionError("perturb is overridden")
+
+    real = suite.attack_suite
+
+    def failing_second(spec: Any, settings: Any, ref: Any) -> dict[str, Any]:
+        attacks = real(spec, settings, ref)
+        return {k: Wrapped(a, fail=i == 1) for i, (k, a) in enumerate(attacks.items())}
+
+    monkeypatch.setattr(suite, "attack_suite", failing_second)
+    with pytest.raises(RuntimeError, match="went away"):
+        stage.run()
+    partial = out / f"eval_{spec.key}.partial.json"
+    ref = ctx.model(R.REF_KEY) if spec.key != R.REF_KEY else None
+    first = next(iter(real(spec, ctx.settings, ref)))
+    assert partial.is_file() and list(json.loads(partial.read_text())["attacks"]) == [first]
+
+    def counting(spec: Any, settings: Any, ref: Any) -> dict[str, Any]:
+        return {k: Wrapped(a, fail=False) for k, a in real(spec, settings, ref).items()}
+
+    monkeypatch.setattr(suite, "attack_suite", counting)
+    calls.clear()
+    ctx2 = R.Context(out, R.Settings.quick(synthetic), out / "results.md", False)
+    next(st for st in R.plan_stages(ctx2) if st.key == f"eval/{spec.key}").run()
+    assert first not in calls and calls  # the finished attack was not run again
+    assert not partial.exists()
+    body = json.loads((out / f"eval_{spec.key}.json").read_text())
+    assert set(body["attacks"]) == _expected_attacks(spec.key, ctx.settings)

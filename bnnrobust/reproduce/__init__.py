@@ -27,7 +27,9 @@ What it does (every number comes from the project's own code paths):
 Resuming and overwriting: every stage writes a marker in ``<out>/stages/`` after it finished.
 A rerun after an interruption reuses finished stages (checkpoints are also checked: the
 run's ``last.ckpt`` must hold the epoch/step recorded at the end of training; a training run
-killed half-way resumes from its ``last.ckpt``). A stage whose output was deleted is run
+killed half-way resumes from its ``last.ckpt``; an evaluation stage killed half-way resumes
+at its first unfinished attack from ``<out>/eval_<model>.partial.json``). A stage whose
+output was deleted is run
 again, and so is every stage that depends on it. A folder holding a *complete* run, a run
 made with other settings, or files that are not a reproduction is never overwritten without
 ``--force`` (which deletes the earlier reproduction in ``--out`` and starts from scratch).

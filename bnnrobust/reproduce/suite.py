@@ -82,8 +82,13 @@ def _eval_units(spec: ModelSpec, settings: Settings) -> float:
 
 
 def eval_stage(ctx: Context, spec: ModelSpec) -> Stage:
-    """``eval/<key>``: the attack suite on the first ``n_eval`` test images -> ``eval_<key>.json/md``."""
+    """``eval/<key>``: the attack suite on the first ``n_eval`` test images -> ``eval_<key>.json/md``.
+
+    Each attack is written to ``eval_<key>.partial.json`` as it finishes, so a stage that
+    dies resumes at its first unfinished attack; the file is removed once the stage is done.
+    """
     out = ctx.eval_json(spec.key)
+    partial = out.with_name(f"{out.stem}.partial.json")
 
     def run_it() -> dict[str, Any]:
         from bnnrobust.evaluation.report import format_table, write_reports
@@ -96,7 +101,8 @@ def eval_stage(ctx: Context, spec: ModelSpec) -> Stage:
         x, y = ctx.test_data(spec.key, s.n_eval)
         log(f"  {len(attacks)} attacks on {x.shape[0]} test images: {', '.join(attacks)}")
         result = evaluate(model, (x, y), attacks, seed=s.seed, device="cpu",
-                          progress=ctx.progress, batch_size=s.batch_size)
+                          progress=ctx.progress, batch_size=s.batch_size,
+                          partial_results=partial)
         train_marker = ctx.marker(f"train/{spec.key}")
         train_info = read_json(train_marker).get("result", {}) if train_marker.is_file() else {}
         title = f"{spec.label} — Fashion-MNIST reproduction ({s.profile})"
@@ -105,6 +111,7 @@ def eval_stage(ctx: Context, spec: ModelSpec) -> Stage:
                       checkpoint=str(ctx.last_ckpt(spec.key)), dataset=s.dataset,
                       training=train_info)
         log(format_table(result, title))
+        partial.unlink(missing_ok=True)
         return {"clean_acc": result.clean_acc, "seconds": result.seconds}
 
     deps = [f"train/{spec.key}"] + ([f"train/{REF_KEY}"] if spec.key != REF_KEY else [])
