@@ -1,7 +1,7 @@
 """The paper's findings, reproduced offline on Fashion-MNIST on 2 CPU cores.
 
-    python -m bnnrobust.reproduce --out results/fmnist            # the full run (~1.5-2 h)
-    python -m bnnrobust.reproduce --out results/fmnist --zoo      # reuse the zoo's networks (~1 h)
+    python -m bnnrobust.reproduce --out results/fmnist            # the full run (hours on 2 cores)
+    python -m bnnrobust.reproduce --out results/fmnist --zoo      # reuse the zoo's five networks
     python -m bnnrobust.reproduce --out /tmp/repro --quick        # toy size, ~1-2 min (tests)
     python -m bnnrobust.reproduce --out /tmp/repro --quick --synthetic   # no dataset needed
 

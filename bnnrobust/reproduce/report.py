@@ -191,7 +191,7 @@ def build_report(ctx: Context) -> tuple[str, dict[str, Any]]:
 
 
 _PROSE_HEADER = """\
-**How to regenerate** (offline, 2 CPU cores, under an hour; the command first prints its plan
+**How to regenerate** (offline, 2 CPU cores; the command first prints its plan
 with a generous estimate per stage, then progress lines with elapsed time and ETA):
 
 ```bash
@@ -201,7 +201,8 @@ python -m bnnrobust.reproduce --out results/fmnist --force    # discard the earl
 python -m bnnrobust.reproduce --out /tmp/repro --quick        # the same pipeline at toy size (1-2 min)
 ```
 
-A rerun after an interruption reuses every finished stage (checkpoints, evaluation JSONs);
+A rerun after an interruption reuses every finished stage (checkpoints, evaluation JSONs;
+an evaluation stage resumes at its first unfinished attack);
 delete one output (e.g. `results/fmnist/eval_ref.json`) and rerun to recompute just that part
 and what depends on it. A folder holding a complete run is never overwritten without `--force`."""
 
@@ -263,12 +264,10 @@ def _budget_text(manifest: Mapping[str, Any]) -> str:
     return (f"**Budget** (the plan's generous estimates at the measured {ms:.2f} ms per "
             "image-step, and the measured time of each kind of stage): " + "; ".join(cells) +
             f". Total planned {fmt_s(sum(est.values()))}, measured "
-            f"{fmt_s(sum(real.values()))}. Expected for the full profile on an idle 2-core CPU "
-            "(from a one-thread pilot on 200 test images, scaled to 1,000): training ≈ 7 min, "
-            "evaluation ≈ 28–34 min (REF ≈ 3 min, each BNN 2–4 min, each adversarially "
-            "trained network ≈ 10–12 min: its robust samples keep the restarts, Square and the "
-            "cascade busy), signal propagation and sweeps ≈ 4–7 min — about 40–48 min in all "
-            "on one thread, less with two.")
+            f"{fmt_s(sum(real.values()))} (summed over the invocations that ran the stages; "
+            "measured times include whatever else ran on the machine, see the stage times). "
+            "The evaluations of the adversarially trained networks are the longest: their "
+            "robust samples keep the restarts, Square and the cascade busy.")
 
 
 def _budget_line(evals: Mapping[str, Any]) -> str:
@@ -296,12 +295,12 @@ def _budget_line(evals: Mapping[str, Any]) -> str:
 _PROSE_FOOTER = """\
 ## Caveats
 
-* A CPU-sized stand-in: Fashion-MNIST, a 4-layer ConvNet (width 0.5), 1–2 epochs on subsets,
+* A CPU-sized stand-in: Fashion-MNIST and a 4-layer ConvNet trained as "What runs" says,
   eps 0.1 — not CIFAR-10/100 with ResNet-18 trained for 100k steps. Expect the *directions*
   of the paper's findings, not its values; the paper-scale configs are in `configs/paper/`.
 * APGD uses fewer steps ({S} instead of 100) and Square fewer queries than AutoAttack's
-  defaults, to fit the hour; the `strongest` numbers are therefore upper bounds that a full
-  budget can only lower.
+  defaults, to fit the CPU budget; the `strongest` numbers are therefore upper bounds that a
+  full budget can only lower.
 * "PGD with R restarts" is a cascade of R random-start PGD runs (per-sample worst case, as
   `PGD(restarts=R)`), each on the samples still robust."""
 
