@@ -118,8 +118,8 @@ def print_plan(ctx: Context, stages: Sequence[Stage],
             f"{'  (reused: ' + why + ')' if done else ''}")
     todo = sum(st.estimate_s for st in stages if not status.get(st.key, (False, ""))[0])
     log(f"  total to run: {fmt_s(todo)}"
-        + ("  (the estimates are generous, ~1.4x a pilot; this is likely over the 60-minute "
-           "budget on this machine right now: on a busy machine try --threads 1)"
+        + ("  (estimated from this machine's speed right now, ~1.4x a pilot; a busy machine "
+           "takes longer: try --threads 1 there; an interrupted run resumes where it stopped)"
            if todo > 80 * 60 else ""))
     return todo
 
