@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                         help="binarizers to train, one run each (none = float reference)")
     parser.add_argument("--log_dir", default="logs")
     parser.add_argument("--pretrained", action="store_true",
-                        help="evaluate the shipped zoo networks instead of training (2-4 min on 2 cores)")
+                        help="evaluate the shipped zoo networks instead of training (about 1.5 min on 2 cores)")
     args, extra = parser.parse_known_args(argv)
     results: dict[str, dict[str, float]] = {}
     start = time.perf_counter()
