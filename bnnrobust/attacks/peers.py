@@ -139,7 +139,6 @@ class _EpsAttack(TorchattacksAttack):
         return "_l2" if self.norm is Norm.L2 else ""
 
 
-
 class TorchattacksAPGD(_EpsAttack):
     """torchattacks' APGD (Croce & Hein 2020), untargeted, CE or DLR loss.
 
@@ -177,7 +176,6 @@ class TorchattacksAPGD(_EpsAttack):
                                  rho=self.rho)
 
 
-
 class TorchattacksAPGDT(_EpsAttack):
     """torchattacks' APGD-T: targeted DLR loss over the top ``n_target_classes`` classes.
 
@@ -213,7 +211,6 @@ class TorchattacksAPGDT(_EpsAttack):
         return torchattacks.APGDT(model, norm=_TA_NORM[self.norm], eps=self.eps, steps=self.steps,
                                   n_restarts=self.restarts, seed=seed, rho=self.rho,
                                   n_classes=n_t + 1)
-
 
 
 class TorchattacksFAB(_EpsAttack):
@@ -264,7 +261,6 @@ class TorchattacksFAB(_EpsAttack):
         return out
 
 
-
 class Square(_EpsAttack):
     """Square Attack (Andriushchenko et al. 2020) via torchattacks: score-based, no gradients.
 
@@ -305,7 +301,6 @@ class Square(_EpsAttack):
                                    p_init=self.p_init, loss="margin", seed=seed)
 
 
-
 class DeepFool(TorchattacksAttack):
     """DeepFool (Moosavi-Dezfooli et al. 2016) via torchattacks: minimal L2 perturbation.
 
@@ -331,7 +326,6 @@ class DeepFool(TorchattacksAttack):
         import torchattacks
 
         return torchattacks.DeepFool(model, steps=self.steps, overshoot=self.overshoot)
-
 
 
 # names of build_attack (bnnrobust.attacks.registry), in the order list_attacks() gives them

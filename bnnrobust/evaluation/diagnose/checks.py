@@ -383,7 +383,7 @@ def clever_scores(ctx: Context, idx: Tensor) -> Tensor:
         margin = (z.gather(1, y[:, None]) - z.gather(1, j[:, None])).squeeze(1)
     lip = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for k in range(s.clever_points):
-        xp = x if k == 0 else _ball_point(x, s.eps, s.norm, g)
+        xp = x if k == 0 else s.norm.random_start(x, s.eps, g)
         with torch.enable_grad(), eval_mode(model):
             xg = xp.detach().clone().requires_grad_(True)
             out = model(xg)
@@ -396,14 +396,3 @@ def clever_scores(ctx: Context, idx: Tensor) -> Tensor:
     return torch.where(lip > 0, margin.double() / lip.clamp_min(1e-300),
                        torch.full_like(lip, math.inf))
 
-
-def _ball_point(x: Tensor, eps: float, norm: Norm, g: torch.Generator) -> Tensor:
-    """A random point of the eps ball around each sample of ``x``, clipped to [0, 1]."""
-    if norm is Norm.LINF:
-        u = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype)
-        return (x + (2 * u - 1) * eps).clamp(0, 1)
-    u = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-    r = torch.rand(x.shape[:1], generator=g, device=x.device, dtype=x.dtype)
-    view = (-1, *[1] * (x.dim() - 1))
-    u = u / u.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
-    return (x + u * (r * eps).view(view)).clamp(0, 1)
