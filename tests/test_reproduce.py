@@ -308,6 +308,28 @@ def test_zoo_refused_with_quick_or_synthetic(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_the_full_fmnist_run_reuses_the_zoo_unless_told_to_retrain() -> None:
+    from bnnrobust.reproduce.cli import build_parser
+
+    assert R.Settings.full().zoo and not R.Settings.full(synthetic=True).zoo
+    assert not R.Settings.full(zoo=False).zoo
+    parse = build_parser().parse_args
+    assert parse(["--out", "x"]).zoo is None          # run() decides: zoo for the full run
+    assert parse(["--out", "x", "--zoo"]).zoo is True
+    assert parse(["--out", "x", "--retrain"]).zoo is False
+    with pytest.raises(SystemExit):
+        parse(["--out", "x", "--zoo", "--retrain"])
+
+
+def test_progress_eta_ignores_stages_planned_at_seconds() -> None:
+    """A reused zoo checkpoint (planned 5 s, spent 0 s) must not turn a 2-hour ETA into seconds."""
+    from bnnrobust.reproduce.stages import speed_ratio
+
+    assert speed_ratio([]) == 1.0
+    assert speed_ratio([(5.0, 0.0), (5.0, 0.01)]) == 1.0
+    assert speed_ratio([(5.0, 0.0), (100.0, 150.0), (300.0, 450.0)]) == pytest.approx(1.5)
+
+
 def test_training_config_drops_the_monitor_and_reads_the_converged_recipe() -> None:
     spec = next(m for m in R.MODELS if m.key == R.WQ_KEY)
     cfg = R.training_config(spec, R.Settings.full())

@@ -1,7 +1,7 @@
 """The paper's findings, reproduced offline on Fashion-MNIST on 2 CPU cores.
 
-    python -m bnnrobust.reproduce --out results/fmnist            # the full run (hours on 2 cores)
-    python -m bnnrobust.reproduce --out results/fmnist --zoo      # reuse the zoo's five networks
+    python -m bnnrobust.reproduce --out results/fmnist            # the full run (zoo's five networks)
+    python -m bnnrobust.reproduce --out /tmp/retrain --retrain    # train those five again too
     python -m bnnrobust.reproduce --out /tmp/repro --quick        # toy size, ~1-2 min (tests)
     python -m bnnrobust.reproduce --out /tmp/repro --quick --synthetic   # no dataset needed
 
@@ -9,8 +9,8 @@ What it does (every number comes from the project's own code paths):
 
 1. trains seven ConvNets with ``train.py``'s code (:func:`bnnrobust.training.main`): REF
    (float), BNN-WQ (MD-tanh-S, BC, BC with a hidden FC layer) and BNN-WAQ (Hubara) from the
-   converged recipes of ``configs/fmnist/`` (``--zoo``: the zoo's checkpoints of those
-   recipes, checked against them), and adversarially trained REF* and BNN-WQ*
+   converged recipes of ``configs/fmnist/`` (by default the zoo's checkpoints of those
+   recipes, checked against them; ``--retrain`` trains them), and adversarially trained REF* and BNN-WQ*
    (:class:`bnnrobust.systems.AdversarialClassifier`, ``configs/reproduce/``);
 2. evaluates each on the first ``n_eval`` (1,000) test images with FGSM, FGSM++ (NJS, HNS),
    PGD L∞ and L2 and their ++ variants, PGD with the DLR loss, APGD-CE, APGD-DLR, Square, the

@@ -198,6 +198,7 @@ with a generous estimate per stage, then progress lines with elapsed time and ET
 python -m bnnrobust.reproduce --out results/fmnist            # writes results/fmnist/* and docs/results.md
 python -m bnnrobust.reproduce --out results/fmnist --dry-run  # only print the plan and the estimates
 python -m bnnrobust.reproduce --out results/fmnist --force    # discard the earlier run and redo it
+python -m bnnrobust.reproduce --out /tmp/retrain --retrain    # train the five recipes again (no zoo)
 python -m bnnrobust.reproduce --out /tmp/repro --quick        # the same pipeline at toy size (1-2 min)
 ```
 
@@ -228,8 +229,8 @@ def _what_runs(ctx: Context) -> str:
                      f"{n} training images, {epochs} epoch{'s' if epochs != 1 else ''}{extra})")
     data_name = "synthetic data (SyntheticDataModule)" if s.synthetic else "Fashion-MNIST"
     zoo_note = (" The non-adversarial networks are the model zoo's checkpoints of these "
-                "recipes (`--zoo`: trained by `train.py`, checksum and recipe checked)."
-                if s.zoo else "")
+                "recipes (trained by `train.py`, checksum and recipe checked; `--retrain` "
+                "trains them again)." if s.zoo else "")
     return (f"**What runs** ({s.profile} profile, {data_name}). {len(MODELS)} networks trained "
             "with `train.py`'s code path (`bnnrobust.training.main`): " + "; ".join(parts) + "."
             + zoo_note + " "

@@ -48,12 +48,13 @@ class Settings:
     clever_models: tuple[str, ...] = (WQ_KEY, WAQ_KEY)
 
     @classmethod
-    def full(cls, synthetic: bool = False, zoo: bool = False) -> Settings:
+    def full(cls, synthetic: bool = False, zoo: bool | None = None) -> Settings:
         """The documented run: the converged ``configs/fmnist/`` recipes (all 55k training
         images, 10 epochs; the BC + hidden FC recipe 5), the adversarial trainings of
         ``configs/reproduce/`` (15k images, 2 epochs), 1,000 test images. ``zoo``: reuse the
-        model zoo's checkpoints of the recipes instead of training them again."""
-        s = cls(profile="full", synthetic=synthetic, zoo=zoo)
+        model zoo's checkpoints of the recipes instead of training them again (default: on
+        Fashion-MNIST, off with ``synthetic``, which has no zoo)."""
+        s = cls(profile="full", synthetic=synthetic, zoo=not synthetic if zoo is None else zoo)
         return replace(s, synthetic_samples=20000) if synthetic else s
 
     @classmethod

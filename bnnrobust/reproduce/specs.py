@@ -21,7 +21,7 @@ class ModelSpec:
             and activations).
         adversarial: trained with PGD adversarial training.
         zoo: the model-zoo entry trained by ``train.py`` from the same recipe, reused instead
-            of training with ``--zoo`` (its checksum, architecture and epoch are checked).
+            of training by default (``--retrain`` trains it; its checksum, architecture and epoch are checked).
     """
 
     key: str

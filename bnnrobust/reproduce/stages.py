@@ -124,13 +124,27 @@ def print_plan(ctx: Context, stages: Sequence[Stage],
     return todo
 
 
+#: stages planned shorter than this (a reused zoo checkpoint: 5 s planned, 0 s spent) say
+#: nothing about the machine's speed and do not rescale the remaining estimates
+MIN_OBSERVED_S = 60.0
+
+
+def speed_ratio(observed: Sequence[tuple[float, float]]) -> float:
+    """Real / planned seconds over the finished ``(planned, real)`` stages planned at
+    :data:`MIN_OBSERVED_S` or more (1.0 until one finished): the factor applied to the
+    remaining estimates in the progress lines."""
+    work = [(p, r) for p, r in observed if p >= MIN_OBSERVED_S]
+    planned = sum(p for p, _ in work)
+    return sum(r for _, r in work) / planned if planned > 0 else 1.0
+
+
 def _run_stages(ctx: Context, stages: Sequence[Stage], status: Mapping[str, tuple[bool, str]],
                 manifest: dict[str, Any], t_start: float) -> None:
     """Run every stage not finished earlier (or whose input reran), writing its marker and
     its time in the manifest as soon as it finished; prints the progress lines."""
     n = len(stages)
     rerun: set[str] = set()
-    spent_est = spent_real = 0.0
+    observed: list[tuple[float, float]] = []
     for i, st in enumerate(stages, 1):
         done, why = status[st.key]
         if done and not any(d in rerun for d in st.deps):
@@ -139,7 +153,7 @@ def _run_stages(ctx: Context, stages: Sequence[Stage], status: Mapping[str, tupl
         if done:
             log(f"[{i}/{n}] {st.title}: rerun (an input changed)")
         elapsed = time.perf_counter() - t_start
-        ratio = spent_real / spent_est if spent_est > 0 else 1.0
+        ratio = speed_ratio(observed)
         remaining = sum(x.estimate_s for x in stages[i - 1:]
                         if not status[x.key][0] or any(d in rerun for d in x.deps) or x.key == st.key)
         log(f"[{i}/{n}] {st.title} — est. {fmt_s(st.estimate_s * ratio)} | elapsed "
@@ -148,8 +162,7 @@ def _run_stages(ctx: Context, stages: Sequence[Stage], status: Mapping[str, tupl
         ctx.marker(st.key).unlink(missing_ok=True)
         result = st.run()
         dt = time.perf_counter() - t0
-        spent_est += st.estimate_s
-        spent_real += dt
+        observed.append((st.estimate_s, dt))
         write_json(ctx.marker(st.key), {"stage": st.key, "finished": now(), "seconds": dt,
                                         "result": result})
         manifest["stage_seconds"][st.key] = dt
@@ -161,7 +174,7 @@ def _run_stages(ctx: Context, stages: Sequence[Stage], status: Mapping[str, tupl
 def run(out: str | Path, *, quick: bool = False, synthetic: bool = False, force: bool = False,
         markdown: str | Path | None = None, progress: bool = True,
         settings: Settings | None = None, step_seconds: float | None = None,
-        dry_run: bool = False, threads: int | None = None, zoo: bool = False) -> dict[str, Any]:
+        dry_run: bool = False, threads: int | None = None, zoo: bool | None = None) -> dict[str, Any]:
     """Run (or resume) the reproduction; returns the ``summary.json`` body.
 
     Args:
@@ -180,6 +193,8 @@ def run(out: str | Path, *, quick: bool = False, synthetic: bool = False, force:
         zoo: full Fashion-MNIST profile only: reuse the model zoo's checkpoints of the
             ``configs/fmnist/`` recipes (trained by ``train.py``; checksum, architecture, data
             and epoch checked) instead of training them again; the adversarial trainings run.
+            ``None`` (default): on for the full Fashion-MNIST profile, off otherwise;
+            ``False`` trains the five recipes again (``--retrain``).
 
     Raises:
         ReproError: ``out`` holds a complete run, another run's settings or foreign files

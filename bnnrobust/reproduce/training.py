@@ -1,6 +1,6 @@
 """The training stages: each network's YAML with the profile's overrides, trained with
-``train.py``'s code path (:func:`bnnrobust.training.main`) or, with ``--zoo``, copied from
-the model zoo after checking that the recipe trained it."""
+``train.py``'s code path (:func:`bnnrobust.training.main`) or (the full profile's default)
+copied from the model zoo after checking that the recipe trained it."""
 
 from __future__ import annotations
 
@@ -114,12 +114,12 @@ def _reuse_zoo(ctx: Context, spec: ModelSpec, cfg: dict[str, Any], max_epochs: i
     try:
         src = zoo.path(spec.zoo)
     except zoo.ZooError as err:
-        raise ReproError(f"--zoo: {err}") from None
+        raise ReproError(f"the zoo: {err} Pass --retrain to train {spec.config} instead.") from None
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     why = zoo_mismatch(ckpt, cfg, max_epochs)
     if why is not None:
         raise ReproError(f"--zoo: the zoo's {spec.zoo} was not trained by {spec.config} ({why}); "
-                         "run without --zoo to train it.")
+                         "pass --retrain to train it.")
     dst = ctx.last_ckpt(spec.key)
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
