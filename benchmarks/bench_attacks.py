@@ -36,6 +36,8 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bnnrobust.attacks import NJS, PGD, hns_temperature  # noqa: E402
+from bnnrobust.attacks.hns import hns_beta_from_gram  # noqa: E402
+from bnnrobust.attacks.jacobian import gram_from_jacobian, input_jacobian_and_logits  # noqa: E402
 
 
 def conv_net(d: int = 10) -> nn.Module:
@@ -110,6 +112,8 @@ def main() -> None:
         y = model(x).argmax(1)  # every sample correctly classified: HNS does real work
     eps, alpha, t_steps = 8 / 255, 2 / 255, args.steps
 
+    jac, logits = input_jacobian_and_logits(model, x)
+    gram = gram_from_jacobian(jac)
     njs = NJS()
     t_calib = timed(lambda: njs.calibrate(model, x))
     attacks: dict[str, Callable[[], object]] = {
@@ -120,6 +124,10 @@ def main() -> None:
             x, y
         ),
         "HNS β selection (ours, batch)": lambda: hns_temperature(model, x, y),
+        "  of which: the Jacobian (d backward passes)": lambda: input_jacobian_and_logits(model, x),
+        "  of which: the Hessian-norm grid (from G = J Jᵀ)": lambda: hns_beta_from_gram(
+            gram, logits, y
+        ),
     }
     for fn in attacks.values():  # warm-up
         fn()

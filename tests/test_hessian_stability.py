@@ -188,3 +188,59 @@ def test_edge_cases_give_zero_or_nan_not_garbage() -> None:
     bad = logits.clone()
     bad[1] = math.nan
     assert math.isnan(hessian_norm(jac[None], bad[None], 1.0).item())
+
+
+def test_the_expansion_equals_the_centred_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The O(d²) form of Σ q_a q_b C'_ab² against summing C' itself, on HNS's whole grid."""
+    for d, n in ((3, 5), (10, 7), (100, 9)):
+        jacs, zs = zip(*(_sample(d, n, seed, scale=2.0) for seed in range(3)), strict=True)
+        jac, logits = torch.stack(jacs), torch.stack(zs)
+        gram = jac @ jac.transpose(1, 2)
+        top2 = logits.topk(2, dim=1).values
+        betas = hns_grid(top2[:, 0] - top2[:, 1], d, n_grid=100)
+        fast = hessian_norm(gram, logits, betas, is_gram=True)
+        monkeypatch.setattr(temperature, "_CANCELLATION_TOL", math.inf)  # C' everywhere
+        monkeypatch.setattr(temperature, "_TR_CHUNK_ELEMENTS", 7 * d * d)  # in chunks
+        slow = hessian_norm(gram, logits, betas, is_gram=True)
+        monkeypatch.undo()
+        assert bool((fast > 0).all())
+        torch.testing.assert_close(fast, slow, rtol=1e-11, atol=0.0)
+
+
+def test_nearly_alike_rows_stay_exact() -> None:
+    """Rows J_a − J_r all alike (a ≠ r) and p_r ≈ 1/d, where the expansion's parts of
+    Σ q_a q_b C'_ab² nearly cancel: the norm still matches the 700-digit reference."""
+    d, n = 100, 3
+    g = torch.Generator().manual_seed(3)
+    common = torch.randn(n, generator=g, dtype=torch.float64)
+    jac = common + 1e-6 * torch.randn(d, n, generator=g, dtype=torch.float64)
+    jac[0] = common + 3.0  # the top class r = 0 differs from all the others
+    logits = 0.01 * torch.randn(d, generator=g, dtype=torch.float64)
+    logits[0] = 0.05
+    betas = torch.tensor([[0.5, 2.0]], dtype=torch.float64)  # p_r about 1/d
+    got = hessian_norm(jac[None], logits[None], betas)[0]
+    for k, beta in enumerate(betas[0].tolist()):
+        assert float(got[k]) == pytest.approx(_explicit_decimal(jac, logits, beta), rel=1e-10)
+
+
+def test_entries_summed_from_c_prime_land_in_their_places(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some grid entries from the expansion, the others from C' itself: same values, in order."""
+    d = 10
+    jacs, zs = zip(*(_sample(d, 6, seed, scale=2.0) for seed in range(4)), strict=True)
+    jac, logits = torch.stack(jacs), torch.stack(zs)
+    gram = jac @ jac.transpose(1, 2)
+    top2 = logits.topk(2, dim=1).values
+    betas = hns_grid(top2[:, 0] - top2[:, 1], d, n_grid=50)
+    fast = hessian_norm(gram, logits, betas, is_gram=True)
+    summed: list[int] = []
+    centred = temperature._centred_sum
+
+    def spy(gram_ref: Tensor, q: Tensor, w: Tensor, where: Tensor) -> Tensor:
+        summed.append(int(where.sum()))
+        return centred(gram_ref, q, w, where)
+
+    monkeypatch.setattr(temperature, "_centred_sum", spy)
+    monkeypatch.setattr(temperature, "_CANCELLATION_TOL", 0.9)  # flags a part of the grid
+    mixed = hessian_norm(gram, logits, betas, is_gram=True)
+    assert len(summed) == 1 and 0 < summed[0] < betas.numel()
+    torch.testing.assert_close(mixed, fast, rtol=1e-11, atol=0.0)
