@@ -17,8 +17,8 @@ def build_parser(prog: str = "python -m bnnrobust.reproduce") -> argparse.Argume
         description=("Reproduce the paper's findings offline on Fashion-MNIST: take the zoo's "
                      "five converged networks (or --retrain them), train two adversarially, "
                      "attack all seven, write JSON/PNG results and the Markdown report "
-                     "(docs/results.md). 84 min on 2 idle CPU cores; --retrain adds the five "
-                     "trainings (98 min of one-core time in the masking study)."))
+                     "(docs/results.md). 84 min on 2 idle CPU cores, plus the five trainings "
+                     "with --retrain."))
     p.add_argument("--out", required=True, help="Output folder, e.g. results/fmnist.")
     p.add_argument("--quick", action="store_true",
                    help="Toy size (a few hundred images, tiny budgets): the pipeline in 1-2 min.")

@@ -118,7 +118,7 @@ def _reuse_zoo(ctx: Context, spec: ModelSpec, cfg: dict[str, Any], max_epochs: i
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     why = zoo_mismatch(ckpt, cfg, max_epochs)
     if why is not None:
-        raise ReproError(f"--zoo: the zoo's {spec.zoo} was not trained by {spec.config} ({why}); "
+        raise ReproError(f"the zoo's {spec.zoo} was not trained by {spec.config} ({why}); "
                          "pass --retrain to train it.")
     dst = ctx.last_ckpt(spec.key)
     dst.parent.mkdir(parents=True, exist_ok=True)
